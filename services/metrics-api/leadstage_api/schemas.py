@@ -1,0 +1,64 @@
+"""Metrics API response models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TransitionView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    from_stage: str | None
+    to_stage: str
+    kind: str = Field(description="entered, advanced, skipped, regressed, exited or reentered.")
+    rule: str
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+
+
+class LeadView(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "lead_id": "lead-42",
+                    "funnel": "b2b-six-stage",
+                    "stage": "Action",
+                    "stage_entered_at": "2026-11-20T09:15:00+01:00",
+                    "first_touch_at": "2026-11-18T14:02:00+01:00",
+                    "last_touch_at": "2026-11-20T09:15:00+01:00",
+                    "transitions": [
+                        {
+                            "from_stage": None,
+                            "to_stage": "Awareness",
+                            "kind": "entered",
+                            "rule": "first-visit",
+                            "event_id": "e-1",
+                            "event_type": "page_view",
+                            "occurred_at": "2026-11-18T14:02:00+01:00",
+                        },
+                        {
+                            "from_stage": "Awareness",
+                            "to_stage": "Action",
+                            "kind": "skipped",
+                            "rule": "converted-on-cta",
+                            "event_id": "e-2",
+                            "event_type": "demo_requested",
+                            "occurred_at": "2026-11-20T09:15:00+01:00",
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    lead_id: str
+    funnel: str
+    stage: str
+    stage_entered_at: datetime
+    first_touch_at: datetime
+    last_touch_at: datetime
+    transitions: list[TransitionView]

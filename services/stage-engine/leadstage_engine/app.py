@@ -1,0 +1,69 @@
+"""The engine process: the consume loop, with health endpoints beside it.
+
+uvicorn serves ``/healthz`` and ``/readyz`` and owns the signals: SIGTERM
+ends the lifespan, which stops the loop between batches (the batch in
+progress commits first) and flushes the dead-letter producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from leadstage.db.session import create_engine, create_session_factory, ping
+from leadstage.funnel import FUNNELS
+from leadstage.http import health_router, install_error_handlers
+from leadstage.settings import EngineSettings
+from leadstage.transport import create_publisher, create_source
+from leadstage_engine.consumer import StageEngine
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: EngineSettings) -> FastAPI:
+    database = create_engine(settings, application_name="leadstage-engine")
+    sessions = create_session_factory(database)
+    source = create_source(
+        settings, sessions, topic=settings.touchpoints_topic, group=settings.consumer_group
+    )
+    engine = StageEngine(
+        settings,
+        sessions,
+        source,
+        dead_letters=create_publisher(settings, sessions),
+        funnels=list(FUNNELS.values()),
+    )
+
+    def _exit_on_crash(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("stage engine failed", exc_info=task.exception())
+            # Let uvicorn shut down cleanly; the supervisor restarts the process,
+            # which resumes from the offsets stored in PostgreSQL.
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loop_task = asyncio.create_task(engine.run(), name="stage-engine")
+        loop_task.add_done_callback(_exit_on_crash)
+        try:
+            yield
+        finally:
+            engine.request_stop()
+            try:
+                await asyncio.wait_for(loop_task, timeout=60)
+            except Exception:  # noqa: BLE001 - already logged by _exit_on_crash
+                logger.warning("stage engine did not stop cleanly")
+            await database.dispose()
+
+    app = FastAPI(title="LeadStage stage engine", lifespan=lifespan, docs_url=None)
+    install_error_handlers(app)
+    app.include_router(
+        health_router(lambda: {"database": lambda: ping(database), "transport": source.ping})
+    )
+    return app

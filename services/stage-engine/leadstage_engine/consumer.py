@@ -1,0 +1,195 @@
+"""The stage engine's consume loop.
+
+Per batch: ``getmany`` -> dead-letter unreadable records (producer flushed)
+-> one PostgreSQL transaction with the new state and the next offsets ->
+tell Kafka the offsets for lag monitoring. PostgreSQL is the source of truth
+for positions: on assignment the consumer seeks to what it stored there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.funnel import Funnel
+from leadstage.settings import EngineSettings
+from leadstage.transport.base import (
+    OutgoingRecord,
+    Publisher,
+    Record,
+    RecordSource,
+    TopicPartition,
+)
+from leadstage_engine.processing import (
+    BatchOutcome,
+    Rejection,
+    apply_batch,
+    load_offsets,
+    next_offsets,
+    store_offsets,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY_SECONDS = 30.0
+
+
+class StageEngine:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        sessions: SessionFactory,
+        source: RecordSource,
+        dead_letters: Publisher,
+        funnels: Sequence[Funnel],
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._source = source
+        self._dead_letters = dead_letters
+        self._funnels = funnels
+        self._batch_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.processed = 0
+
+    # -- AssignmentListener -------------------------------------------------
+    async def on_assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
+        async with unit_of_work(self._sessions) as session:
+            return await load_offsets(session, self._settings.consumer_group, partitions)
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        # The batch in progress holds the lock: waiting for it means that batch
+        # commits before another member takes the partitions over.
+        async with self._batch_lock:
+            logger.info("revoked partitions=%s", sorted(partitions))
+
+    # -- lifecycle ----------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self._dead_letters.start()
+        await self._source.start(self)
+        logger.info("stage engine consuming topic=%s", self._settings.touchpoints_topic)
+        try:
+            while not self._stopping.is_set():
+                records = await self._source.getmany(
+                    timeout_ms=self._settings.poll_timeout_ms,
+                    max_records=self._settings.batch_max_records,
+                )
+                if records:
+                    async with self._batch_lock:
+                        await self._process_with_retry(records)
+        finally:
+            # Checkpoint order on the way out: the last batch is already committed
+            # (the loop only exits between batches); flush the producer, then leave.
+            await self._dead_letters.stop()
+            await self._source.stop()
+            logger.info("stage engine stopped after %s records", self.processed)
+
+    async def _process_with_retry(self, records: list[Record]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.process(records)
+                return
+            except IntegrityError:
+                raise  # a bug, not an outage: crash loudly, restart reprocesses
+            except DataError:
+                # Some record's content PostgreSQL refuses: find it, quarantine it,
+                # keep consuming.
+                await self._isolate_poison(records)
+                return
+            except (DBAPIError, OSError, ConnectionError) as error:
+                if self._stopping.is_set():
+                    raise
+                logger.warning(
+                    "batch of %s records failed (%r); retrying in %.1fs",
+                    len(records),
+                    error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+
+    async def process(self, records: Sequence[Record]) -> BatchOutcome:
+        async with unit_of_work(self._sessions) as session:
+            outcome = await apply_batch(
+                session,
+                records,
+                consumer_group=self._settings.consumer_group,
+                funnels=self._funnels,
+            )
+            if outcome.rejected:
+                # Before the commit: if the dead-letter write fails, the batch is
+                # retried rather than the bad records silently skipped.
+                await self._dead_letter(outcome.rejected)
+        await self._source.committed(outcome.next_offsets)
+        self.processed += len(records)
+        first, last = records[0], records[-1]
+        logger.info(
+            "committed batch topic=%s partition=%s offset=%s..%s records=%s stored=%s "
+            "duplicates=%s transitions=%s rejected=%s",
+            first.topic,
+            first.partition,
+            first.offset,
+            last.offset,
+            len(records),
+            outcome.stored,
+            outcome.duplicates,
+            outcome.transitions,
+            len(outcome.rejected),
+        )
+        return outcome
+
+    async def _isolate_poison(self, records: Sequence[Record]) -> None:
+        for record in records:
+            try:
+                await self.process([record])
+            except DataError as error:
+                rejection = Rejection(record, "unprocessable", None, str(error.orig))
+                await self._dead_letter([rejection])
+                async with unit_of_work(self._sessions) as session:
+                    await store_offsets(
+                        session, self._settings.consumer_group, next_offsets([record])
+                    )
+
+    async def _dead_letter(self, rejected: Sequence[Rejection]) -> None:
+        for rejection in rejected:
+            record = rejection.record
+            logger.warning(
+                "dead-lettered topic=%s partition=%s offset=%s kind=%s field=%s reason=%s",
+                record.topic,
+                record.partition,
+                record.offset,
+                rejection.error_kind,
+                rejection.field,
+                rejection.message,
+            )
+        await self._dead_letters.publish(
+            self._settings.dead_letter_topic,
+            [dead_letter_record(r, stage="stage-engine") for r in rejected],
+        )
+
+
+def dead_letter_record(rejection: Rejection, *, stage: str) -> OutgoingRecord:
+    record = rejection.record
+    reason = {
+        "error_kind": rejection.error_kind,
+        "field": rejection.field,
+        "message": rejection.message,
+        "rejected_by": stage,
+        "source_topic": record.topic,
+        "source_partition": record.partition,
+        "source_offset": record.offset,
+    }
+    return OutgoingRecord(
+        key=record.key or b"",
+        value=record.value,  # the original payload, byte for byte
+        headers={"leadstage.dlq": json.dumps(reason), "error_kind": rejection.error_kind},
+    )

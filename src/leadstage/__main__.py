@@ -1,0 +1,5 @@
+import sys
+
+from leadstage.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""``leadstage``: one command, every role.
+
+leadstage ingest | engine | api      run one service process
+leadstage migrate                    alembic upgrade head
+leadstage topics                     create the topics (idempotent)
+leadstage keys create|list|revoke    write keys for sources
+leadstage tokens create|list|revoke  API tokens for the metrics API
+leadstage services up|down|status    local PostgreSQL and Kafka (development)
+leadstage run                        everything, embedded (what `make run` does)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from leadstage.settings import ApiSettings, EngineSettings, IngestSettings, ServiceSettings
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _serve(role: str) -> int:
+    import uvicorn
+
+    from leadstage.logs import configure_logging
+
+    settings: ServiceSettings
+    if role == "ingest":
+        from leadstage_ingest.app import create_app as create_ingest
+
+        settings = ingest = IngestSettings()
+        configure_logging(settings.log_level, settings.log_format, service=role)
+        app = create_ingest(ingest)
+    elif role == "engine":
+        from leadstage_engine.app import create_app as create_engine_app
+
+        settings = engine = EngineSettings()
+        configure_logging(settings.log_level, settings.log_format, service=role)
+        app = create_engine_app(engine)
+    else:
+        from leadstage_api.app import create_app as create_api
+
+        settings = api = ApiSettings()
+        configure_logging(settings.log_level, settings.log_format, service=role)
+        app = create_api(api)
+    port: int = getattr(settings, "http_port")  # noqa: B009 - every service class has one
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _with_database(
+    action: Callable[[Any], Coroutine[Any, Any, int]],
+) -> int:
+    from leadstage.db.session import create_engine, create_session_factory
+
+    async def main() -> int:
+        settings = ServiceSettings()
+        database = create_engine(settings, application_name="leadstage-cli")
+        try:
+            return await action(create_session_factory(database))
+        finally:
+            await database.dispose()
+
+    return asyncio.run(main())
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from leadstage.migrate import upgrade
+
+    upgrade(ServiceSettings())
+    _print("database is at the latest migration")
+    return 0
+
+
+def _topics(_: argparse.Namespace) -> int:
+    from leadstage.transport import create_topics
+
+    async def action(sessions: Any) -> int:
+        names = await create_topics(ServiceSettings(), sessions)
+        _print("topics ready: " + ", ".join(names))
+        return 0
+
+    return _with_database(action)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from leadstage import credentials
+    from leadstage.db.session import unit_of_work
+
+    async def action(sessions: Any) -> int:
+        async with unit_of_work(sessions) as session:
+            if args.keys_command == "create":
+                issued = await credentials.create_write_key(session, args.source)
+                _print(f"write key {issued.id} for source {args.source!r} (shown once):")
+                _print(issued.secret)
+            elif args.keys_command == "revoke":
+                if not await credentials.revoke_write_key(session, args.id):
+                    _print(f"no active write key {args.id}")
+                    return 1
+                _print(f"write key {args.id} revoked")
+            else:
+                for key in await credentials.list_write_keys(session):
+                    state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+                    _print(f"{key.id}\t{key.source}\t{state}\tcreated {key.created_at:%Y-%m-%d}")
+        return 0
+
+    return _with_database(action)
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from leadstage import credentials
+    from leadstage.db.session import unit_of_work
+
+    async def action(sessions: Any) -> int:
+        async with unit_of_work(sessions) as session:
+            if args.tokens_command == "create":
+                issued = await credentials.create_api_token(session, args.name, args.scopes)
+                _print(f"API token {issued.id} {args.name!r} scopes={args.scopes} (shown once):")
+                _print(issued.secret)
+            elif args.tokens_command == "revoke":
+                if not await credentials.revoke_api_token(session, args.id):
+                    _print(f"no active API token {args.id}")
+                    return 1
+                _print(f"API token {args.id} revoked")
+            else:
+                for token in await credentials.list_api_tokens(session):
+                    state = "revoked" if token.revoked_at else "active"
+                    _print(f"{token.id}\t{token.name}\t{','.join(token.scopes)}\t{state}")
+        return 0
+
+    return _with_database(action)
+
+
+def _services(args: argparse.Namespace) -> int:
+    from leadstage.local import services
+
+    if args.services_command == "up":
+        services.up(kafka=not args.no_kafka)
+        return 0
+    if args.services_command == "down":
+        services.down()
+        return 0
+    return services.status()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from leadstage.local.run import run_all
+
+    return run_all(
+        transport=args.transport,
+        ingest_port=args.ingest_port,
+        api_port=args.api_port,
+        engine_port=args.engine_port,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from leadstage.credentials import ALL_SCOPES
+
+    parser = argparse.ArgumentParser(
+        prog="leadstage", description="LeadStage: the B2B funnel, event by event."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for role, help_text in (
+        ("ingest", "run the ingest HTTP service"),
+        ("engine", "run the stage engine consumer"),
+        ("api", "run the metrics API"),
+    ):
+        commands.add_parser(role, help=help_text).set_defaults(
+            handler=lambda _, role=role: _serve(role)
+        )
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(handler=_migrate)
+    commands.add_parser("topics", help="create the event topics").set_defaults(handler=_topics)
+
+    keys = commands.add_parser("keys", help="manage write keys")
+    keys.set_defaults(handler=_keys)
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser("create").add_argument("--source", required=True)
+    key_commands.add_parser("list")
+    key_commands.add_parser("revoke").add_argument("id", type=int)
+
+    tokens = commands.add_parser("tokens", help="manage API tokens")
+    tokens.set_defaults(handler=_tokens)
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = token_commands.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", nargs="+", choices=ALL_SCOPES, default=list(ALL_SCOPES))
+    token_commands.add_parser("list")
+    token_commands.add_parser("revoke").add_argument("id", type=int)
+
+    services = commands.add_parser("services", help="local PostgreSQL and Kafka")
+    services.set_defaults(handler=_services)
+    service_commands = services.add_subparsers(dest="services_command", required=True)
+    service_commands.add_parser("up").add_argument(
+        "--no-kafka", action="store_true", help="PostgreSQL only"
+    )
+    service_commands.add_parser("down")
+    service_commands.add_parser("status")
+
+    run = commands.add_parser("run", help="run all services locally (embedded by default)")
+    run.add_argument("--transport", choices=("postgres", "kafka"), default="postgres")
+    run.add_argument("--ingest-port", type=int, default=8081)
+    run.add_argument("--api-port", type=int, default=8080)
+    run.add_argument("--engine-port", type=int, default=8082)
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

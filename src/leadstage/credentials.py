@@ -1,0 +1,122 @@
+"""Write keys (ingest) and API tokens (metrics API): created, looked up, revoked.
+
+Secrets are random 32-byte tokens shown once at creation; only their SHA-256
+is stored. A fast hash is enough for secrets with 256 bits of entropy (no
+dictionary to attack), and it keeps the lookup on the request path cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadstage.db.models import ApiToken, WriteKey
+
+WRITE_KEY_PREFIX = "lsw_"
+API_TOKEN_PREFIX = "lst_"  # noqa: S105 - a prefix, not a secret
+
+SCOPE_READ_LEADS = "leads:read"
+SCOPE_READ_METRICS = "metrics:read"
+SCOPE_WRITE_INPUTS = "inputs:write"
+ALL_SCOPES = (SCOPE_READ_LEADS, SCOPE_READ_METRICS, SCOPE_WRITE_INPUTS)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Issued:
+    id: int
+    secret: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """The sender a valid write key identifies."""
+
+    key_id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The holder of a valid API token."""
+
+    token_id: int
+    name: str
+    scopes: frozenset[str]
+
+
+async def create_write_key(session: AsyncSession, source: str) -> Issued:
+    secret = new_secret(WRITE_KEY_PREFIX)
+    key = WriteKey(source=source, key_hash=hash_secret(secret))
+    session.add(key)
+    await session.flush()
+    return Issued(key.id, secret)
+
+
+async def find_write_key(session: AsyncSession, secret: str) -> Source | None:
+    row = await session.execute(
+        select(WriteKey.id, WriteKey.source).where(
+            WriteKey.key_hash == hash_secret(secret), WriteKey.revoked_at.is_(None)
+        )
+    )
+    found = row.one_or_none()
+    return Source(found.id, found.source) if found else None
+
+
+async def create_api_token(session: AsyncSession, name: str, scopes: list[str]) -> Issued:
+    unknown = set(scopes) - set(ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {', '.join(ALL_SCOPES)}")
+    secret = new_secret(API_TOKEN_PREFIX)
+    token = ApiToken(name=name, token_hash=hash_secret(secret), scopes=sorted(set(scopes)))
+    session.add(token)
+    await session.flush()
+    return Issued(token.id, secret)
+
+
+async def find_api_token(session: AsyncSession, secret: str) -> Caller | None:
+    row = await session.execute(
+        select(ApiToken.id, ApiToken.name, ApiToken.scopes).where(
+            ApiToken.token_hash == hash_secret(secret), ApiToken.revoked_at.is_(None)
+        )
+    )
+    found = row.one_or_none()
+    return Caller(found.id, found.name, frozenset(found.scopes)) if found else None
+
+
+async def revoke_write_key(session: AsyncSession, key_id: int) -> bool:
+    result = await session.execute(
+        update(WriteKey)
+        .where(WriteKey.id == key_id, WriteKey.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def revoke_api_token(session: AsyncSession, token_id: int) -> bool:
+    result = await session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def list_write_keys(session: AsyncSession) -> list[WriteKey]:
+    return list((await session.scalars(select(WriteKey).order_by(WriteKey.id))).all())
+
+
+async def list_api_tokens(session: AsyncSession) -> list[ApiToken]:
+    return list((await session.scalars(select(ApiToken).order_by(ApiToken.id))).all())

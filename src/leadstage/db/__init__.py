@@ -1,0 +1,1 @@
+"""Database models and the unit of work shared by every service."""

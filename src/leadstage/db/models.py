@@ -1,0 +1,164 @@
+"""SQLAlchemy models: the one description of LeadStage's tables.
+
+Alembic migrations under ``migrations/`` create these tables; nothing calls
+``create_all`` outside of Alembic's autogenerate comparison.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class WriteKey(Base):
+    """A source's key for posting touchpoints. Only its SHA-256 is stored."""
+
+    __tablename__ = "write_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(255))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ApiToken(Base):
+    """A bearer token for the metrics API. Only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class StoredTouchpoint(Base):
+    """Every touchpoint the engine consumed, once (the primary key deduplicates)."""
+
+    __tablename__ = "touchpoints"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), index=True)
+    type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    received_at: Mapped[datetime] = mapped_column(Timestamp)
+    source: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    topic: Mapped[str] = mapped_column(String(249))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeadStage(Base):
+    """A lead's current position in one funnel."""
+
+    __tablename__ = "lead_stages"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(100))
+    stage_entered_at: Mapped[datetime] = mapped_column(Timestamp)
+    first_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (Index("ix_lead_stages_funnel_stage", "funnel", "stage"),)
+
+
+class LeadTransition(Base):
+    """One stage change of a lead in a funnel, with the event that caused it."""
+
+    __tablename__ = "lead_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    funnel: Mapped[str] = mapped_column(String(100))
+    lead_key: Mapped[str] = mapped_column(String(262))
+    from_stage: Mapped[str | None] = mapped_column(String(100))
+    to_stage: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    rule: Mapped[str] = mapped_column(String(100))
+    event_id: Mapped[str] = mapped_column(
+        String(255), ForeignKey("touchpoints.event_id", ondelete="CASCADE")
+    )
+    event_type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        # One event moves a lead at most once per funnel: a redelivered event
+        # can never add a second transition.
+        UniqueConstraint("funnel", "event_id"),
+        Index("ix_lead_transitions_lead", "funnel", "lead_key", "occurred_at", "id"),
+    )
+
+
+class ConsumerOffset(Base):
+    """The next offset a consumer group reads, committed with the state it produced."""
+
+    __tablename__ = "consumer_offsets"
+
+    consumer_group: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class EventLogHead(Base):
+    """Embedded transport: the next offset of each partition of the event log.
+
+    Appenders lock this row (``UPDATE ... RETURNING``), so offsets are handed
+    out and become visible in order: a reader never sees offset n+1 before n.
+    """
+
+    __tablename__ = "event_log_heads"
+
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EventLogRecord(Base):
+    """Embedded transport: one record of the PostgreSQL-backed event log."""
+
+    __tablename__ = "event_log"
+
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    appended_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

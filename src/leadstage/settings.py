@@ -1,0 +1,108 @@
+"""Typed configuration: one frozen pydantic-settings class per service.
+
+Every value comes from an environment variable prefixed ``LEADSTAGE_`` (see the
+README's configuration table). The defaults are the local development setup
+that ``make run`` and ``make services-up`` start on loopback; production points
+the same code at external PostgreSQL and Kafka by URL.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PostgresDsn, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Passwords that must never reach production: they ship in examples and docs.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "postgres", "secret"})
+
+LOCAL_POSTGRES_PORT = 55432
+LOCAL_KAFKA_PORT = 59092
+
+Transport = Literal["kafka", "postgres"]
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every LeadStage process shares. Not used directly: see the subclasses."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADSTAGE_", frozen=True, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: PostgresDsn = Field(
+        default=PostgresDsn(
+            f"postgresql+asyncpg://postgres@127.0.0.1:{LOCAL_POSTGRES_PORT}/leadstage"
+        ),
+        description="SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
+    )
+    database_pool_size: int = Field(default=5, ge=1, le=100)
+    transport: Transport = Field(
+        default="kafka",
+        description="Event transport: 'kafka', or 'postgres' (the embedded event log).",
+    )
+    kafka_bootstrap_servers: str = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
+    topic_prefix: str = Field(
+        default="leadstage.",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prefix of every topic name (lets test runs and tenants share a broker).",
+    )
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    topic_replication_factor: int = Field(
+        default=1, ge=1, le=16, description="Replicas per topic partition (3 in production)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    http_host: str = "127.0.0.1"
+
+    @property
+    def touchpoints_topic(self) -> str:
+        return f"{self.topic_prefix}touchpoints.v1"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}touchpoints.dlq.v1"
+
+    @property
+    def database_password(self) -> SecretStr:
+        hosts = self.database_url.hosts()
+        return SecretStr(hosts[0].get("password") or "" if hosts else "")
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets_in_production(self) -> ServiceSettings:
+        if self.environment != "production":
+            return self
+        for name, secret in self._secrets().items():
+            if secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(
+                    f"{name} is empty or a placeholder; refusing to start in production"
+                )
+        return self
+
+    def _secrets(self) -> dict[str, SecretStr]:
+        return {"LEADSTAGE_DATABASE_URL password": self.database_password}
+
+
+class IngestSettings(ServiceSettings):
+    """`leadstage ingest`: the HTTP front door for touchpoints."""
+
+    http_port: int = Field(default=8081, ge=1, le=65535)
+    max_body_bytes: int = Field(default=32 * 1024, ge=1024)
+    produce_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_in_flight: int = Field(default=1000, ge=1)
+    retry_after_seconds: int = Field(default=5, ge=1)
+    write_key_cache_seconds: float = Field(default=30.0, ge=0)
+
+
+class EngineSettings(ServiceSettings):
+    """`leadstage engine`: the stage engine consumer."""
+
+    http_port: int = Field(default=8082, ge=1, le=65535)
+    consumer_group: str = "leadstage-stage-engine"
+    batch_max_records: int = Field(default=500, ge=1)
+    poll_timeout_ms: int = Field(default=200, ge=1)
+
+
+class ApiSettings(ServiceSettings):
+    """`leadstage api`: lead lookups and funnel metrics."""
+
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    history_page_max: int = Field(default=500, ge=1)

@@ -1,0 +1,206 @@
+"""Apache Kafka transport (aiokafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import OffsetAndMetadata
+
+from leadstage.transport.base import (
+    AssignmentListener,
+    OutgoingRecord,
+    Record,
+    TopicPartition,
+    TransportUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class KafkaPublisher:
+    """An idempotent producer with acks=all: a returned publish is on every in-sync replica."""
+
+    def __init__(self, bootstrap_servers: str, *, timeout_seconds: float = 5.0) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._timeout = timeout_seconds
+        self._producer: AIOKafkaProducer | None = None
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        try:
+            await self._ensure_started()
+        except TransportUnavailableError:
+            # Start anyway: the service reports not-ready and answers 503 until the
+            # broker is reachable; the next publish tries again.
+            logger.warning("Kafka at %s is not reachable yet", self._bootstrap_servers)
+
+    async def _ensure_started(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._start_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap_servers,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=2,
+                    request_timeout_ms=int(self._timeout * 1000),
+                )
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await producer.start()
+                except (KafkaError, TimeoutError, OSError) as error:
+                    await producer.stop()
+                    raise TransportUnavailableError(f"Kafka unreachable: {error!r}") from error
+                self._producer = producer
+        return self._producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()  # flushes what is still buffered
+            self._producer = None
+
+    async def publish(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
+        producer = await self._ensure_started()
+        try:
+            async with asyncio.timeout(self._timeout):
+                deliveries = [
+                    await producer.send(
+                        topic,
+                        record.value,
+                        key=record.key,
+                        headers=[(k, v.encode()) for k, v in record.headers.items()],
+                    )
+                    for record in records
+                ]
+                await asyncio.gather(*deliveries)
+        except (KafkaError, TimeoutError) as error:
+            raise TransportUnavailableError(f"Kafka did not acknowledge: {error!r}") from error
+
+    async def ping(self) -> None:
+        producer = await self._ensure_started()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await producer.client.fetch_all_metadata()
+        except (KafkaError, TimeoutError) as error:
+            raise TransportUnavailableError(f"Kafka unreachable: {error!r}") from error
+
+
+class _RebalanceAdapter(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: AIOKafkaConsumer, listener: AssignmentListener) -> None:
+        self._consumer = consumer
+        self._listener = listener
+
+    async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
+        await self._listener.on_revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
+        partitions = {TopicPartition(tp.topic, tp.partition) for tp in assigned}
+        stored = await self._listener.on_assigned(partitions)
+        # Only synchronous seeks from here on: an await between two seeks would let
+        # the fetcher hand out records from positions not yet set.
+        for tp in sorted(assigned):
+            # PostgreSQL, not the broker, is the source of truth. With no stored
+            # position the partition is read from offset 0 (auto_offset_reset moves
+            # that to the log start when retention has deleted the head).
+            next_offset = stored.get(TopicPartition(tp.topic, tp.partition), 0)
+            self._consumer.seek(tp, next_offset)
+            logger.info(
+                "assigned topic=%s partition=%s offset=%s", tp.topic, tp.partition, next_offset
+            )
+
+
+class KafkaRecordSource:
+    """A consumer-group member with auto-commit off; positions live in PostgreSQL."""
+
+    def __init__(self, bootstrap_servers: str, *, topic: str, group: str) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._topic = topic
+        self._group = group
+        self._started: AIOKafkaConsumer | None = None
+
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        if self._started is None:
+            raise RuntimeError("the consumer is not started")
+        return self._started
+
+    async def start(self, listener: AssignmentListener) -> None:
+        # aiokafka binds the consumer to the running loop: create it here.
+        self._started = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        await self._consumer.start()
+        self._consumer.subscribe(
+            [self._topic], listener=_RebalanceAdapter(self._consumer, listener)
+        )
+
+    async def stop(self) -> None:
+        if self._started is not None:
+            await self._started.stop()
+            self._started = None
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> list[Record]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            Record(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value,
+                headers={k: v.decode(errors="replace") for k, v in message.headers},
+            )
+            for messages in batches.values()
+            for message in messages
+        ]
+
+    async def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(
+                {
+                    KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+                    for tp, offset in offsets.items()
+                }
+            )
+        except KafkaError as error:
+            # Only lag monitoring reads these; PostgreSQL already has the truth.
+            logger.warning("could not record offsets in Kafka: %r", error)
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await self._consumer._client.fetch_all_metadata()
+        except (KafkaError, TimeoutError) as error:
+            raise TransportUnavailableError(f"Kafka unreachable: {error!r}") from error
+
+
+async def ensure_topics(
+    bootstrap_servers: str, topics: Sequence[str], *, partitions: int, replication_factor: int
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+            for name in topics
+            if name not in existing
+        ]
+        if missing:
+            # Another process may create them between list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()

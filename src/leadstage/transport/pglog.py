@@ -1,0 +1,189 @@
+"""The embedded transport: a durable, partitioned event log in PostgreSQL.
+
+It keeps Kafka's contract where the services rely on it: records keyed to a
+partition by the same murmur2 hash as Kafka's default partitioner, dense
+per-partition offsets that become visible in order, and an acknowledged
+publish that is committed. One engine process reads every partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from itertools import groupby
+
+from aiokafka.partitioner import murmur2
+from sqlalchemy import ColumnElement, and_, or_, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
+
+from leadstage.db.models import EventLogHead, EventLogRecord
+from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.transport.base import (
+    AssignmentListener,
+    OutgoingRecord,
+    Record,
+    TopicPartition,
+    TransportUnavailableError,
+)
+
+#: How often an idle reader looks for new records.
+POLL_INTERVAL_SECONDS = 0.02
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner for keyed records (murmur2, positive, modulo)."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+class PostgresLogPublisher:
+    def __init__(self, sessions: SessionFactory, *, partitions: int) -> None:
+        self._sessions = sessions
+        self._partitions = partitions
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def publish(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
+        by_partition = sorted(
+            ((partition_for(r.key, self._partitions), i, r) for i, r in enumerate(records)),
+            key=lambda item: (item[0], item[1]),
+        )
+        try:
+            async with unit_of_work(self._sessions) as session:
+                # Partitions in ascending order, so concurrent publishers lock the
+                # head rows in one order and cannot deadlock.
+                for partition, group in groupby(by_partition, key=lambda item: item[0]):
+                    batch = [record for _, _, record in group]
+                    head = await session.execute(
+                        text(
+                            "UPDATE event_log_heads SET next_offset = next_offset + :n "
+                            "WHERE topic = :topic AND partition = :partition "
+                            "RETURNING next_offset"
+                        ),
+                        {"n": len(batch), "topic": topic, "partition": partition},
+                    )
+                    end = head.scalar_one_or_none()
+                    if end is None:
+                        raise TransportUnavailableError(
+                            f"topic {topic!r} partition {partition} does not exist "
+                            "(run `leadstage topics`)"
+                        )
+                    first = end - len(batch)
+                    await session.execute(
+                        insert(EventLogRecord),
+                        [
+                            {
+                                "topic": topic,
+                                "partition": partition,
+                                "offset": first + i,
+                                "key": record.key,
+                                "value": record.value,
+                                "headers": dict(record.headers),
+                            }
+                            for i, record in enumerate(batch)
+                        ],
+                    )
+        except (DBAPIError, OSError) as error:
+            raise TransportUnavailableError(f"event log unavailable: {error!r}") from error
+
+    async def ping(self) -> None:
+        await _ping(self._sessions)
+
+
+class PostgresLogSource:
+    """Reads every partition of one topic from the positions the listener returns."""
+
+    def __init__(self, sessions: SessionFactory, *, topic: str, partitions: int) -> None:
+        self._sessions = sessions
+        self._topic = topic
+        self._partitions = partitions
+        self._positions: dict[TopicPartition, int] = {}
+
+    async def start(self, listener: AssignmentListener) -> None:
+        assigned = {TopicPartition(self._topic, p) for p in range(self._partitions)}
+        stored = await listener.on_assigned(assigned)
+        self._positions = {tp: stored.get(tp, 0) for tp in assigned}
+
+    async def stop(self) -> None:
+        return None
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> list[Record]:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            records = await self._read(max_records)
+            if records or time.monotonic() >= deadline:
+                return records
+            await asyncio.sleep(POLL_INTERVAL_SECONDS)
+
+    async def _read(self, max_records: int) -> list[Record]:
+        log = EventLogRecord
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(log.topic, log.partition, log.offset, log.key, log.value, log.headers)
+                .where(_after_positions(self._positions))
+                .order_by(log.partition, log.offset)
+                .limit(max_records)
+            )
+            records = [
+                Record(
+                    topic=row.topic,
+                    partition=row.partition,
+                    offset=row.offset,
+                    key=row.key,
+                    value=row.value,
+                    headers=row.headers,
+                )
+                for row in rows
+            ]
+        for record in records:
+            self._positions[record.topic_partition] = record.offset + 1
+        return records
+
+    async def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        return None  # PostgreSQL already holds the positions
+
+    async def ping(self) -> None:
+        await _ping(self._sessions)
+
+
+def _after_positions(positions: Mapping[TopicPartition, int]) -> ColumnElement[bool]:
+    """Records at or beyond each partition's position: one OR branch per partition
+    keeps the primary-key index usable."""
+    log = EventLogRecord
+    return or_(
+        *[
+            and_(log.topic == tp.topic, log.partition == tp.partition, log.offset >= offset)
+            for tp, offset in positions.items()
+        ]
+    )
+
+
+async def ensure_log_partitions(
+    sessions: SessionFactory, topics: Sequence[str], partitions: int
+) -> None:
+    async with unit_of_work(sessions) as session:
+        await session.execute(
+            insert(EventLogHead)
+            .values(
+                [
+                    {"topic": topic, "partition": p, "next_offset": 0}
+                    for topic in topics
+                    for p in range(partitions)
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+
+
+async def _ping(sessions: SessionFactory) -> None:
+    try:
+        async with sessions() as session:
+            await session.execute(text("SELECT 1"))
+    except (DBAPIError, OSError) as error:
+        raise TransportUnavailableError(f"event log unavailable: {error!r}") from error
