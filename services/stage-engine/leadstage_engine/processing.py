@@ -162,7 +162,7 @@ async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[
             .where(StoredTouchpoint.lead_key.in_(new_leads))
             .group_by(StoredTouchpoint.lead_key)
         )
-        first_touches = {key: at for key, at in first.tuples()}
+        first_touches = {key: at for key, at in first}
 
     transitions: list[dict[str, object]] = []
     for touchpoint in fresh:
@@ -263,6 +263,6 @@ async def load_offsets(
     )
     return {
         TopicPartition(topic, partition): offset
-        for topic, partition, offset in rows.tuples()
+        for topic, partition, offset in rows
         if TopicPartition(topic, partition) in wanted
     }
