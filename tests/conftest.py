@@ -42,10 +42,10 @@ class Environment:
 
     def settings(self, transport: str = "kafka") -> EngineSettings:
         return EngineSettings(
-            database_url=self.database_url,  # type: ignore[arg-type]
+            database_url=self.database_url,
             kafka_bootstrap_servers=self.kafka_bootstrap_servers,
             topic_prefix=self.topic_prefix,
-            transport=transport,  # type: ignore[arg-type]
+            transport=transport,
         )
 
 

@@ -15,8 +15,10 @@ async def test_write_keys_are_stored_hashed_and_stop_working_when_revoked(
     async with unit_of_work(sessions) as session:
         found = await credentials.find_write_key(session, issued.secret)
         stored = await session.scalar(select(WriteKey.key_hash).where(WriteKey.id == issued.id))
-    assert found is not None and found.name == "website"
-    assert stored == credentials.hash_secret(issued.secret) and issued.secret not in str(stored)
+    assert found is not None
+    assert found.name == "website"
+    assert stored == credentials.hash_secret(issued.secret)
+    assert issued.secret not in str(stored)
 
     async with unit_of_work(sessions) as session:
         assert await credentials.revoke_write_key(session, issued.id)
@@ -32,5 +34,6 @@ async def test_api_tokens_carry_their_scopes(sessions: SessionFactory) -> None:
     async with unit_of_work(sessions) as session:
         caller = await credentials.find_api_token(session, issued.secret)
         scopes = await session.scalar(select(ApiToken.scopes).where(ApiToken.id == issued.id))
-    assert caller is not None and caller.scopes == {credentials.SCOPE_READ_LEADS}
+    assert caller is not None
+    assert caller.scopes == {credentials.SCOPE_READ_LEADS}
     assert scopes == [credentials.SCOPE_READ_LEADS]

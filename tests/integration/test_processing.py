@@ -101,7 +101,8 @@ async def test_a_batch_moves_leads_and_records_history_and_offsets(
     ]
     async with sessions() as session:
         stored = await session.get(ConsumerOffset, (group, "touchpoints", 0))
-    assert stored is not None and stored.next_offset == 10
+    assert stored is not None
+    assert stored.next_offset == 10
 
 
 async def test_redelivered_records_change_nothing(sessions: SessionFactory) -> None:
@@ -131,7 +132,8 @@ async def test_a_failed_transaction_leaves_neither_state_nor_offsets(
     sessions: SessionFactory,
 ) -> None:
     lead, group = unique("lead"), unique("group")
-    with pytest.raises(RuntimeError, match="crash"):
+
+    async def crash_before_commit() -> None:
         async with unit_of_work(sessions) as session:
             await apply_batch(
                 session,
@@ -140,6 +142,9 @@ async def test_a_failed_transaction_leaves_neither_state_nor_offsets(
                 funnels=[B2B_SIX_STAGE],
             )
             raise RuntimeError("crash after the work, before the commit")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        await crash_before_commit()
     assert (await lead_state(sessions, lead))["stage"] is None
     async with sessions() as session:
         assert await session.get(ConsumerOffset, (group, "touchpoints", 0)) is None

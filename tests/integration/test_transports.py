@@ -41,9 +41,9 @@ class StoredPositions:
         self.assigned -= partitions
 
 
-async def read_all(source: RecordSource, expected: int, timeout: float = 20) -> list[Record]:
+async def read_all(source: RecordSource, expected: int, within: float = 20) -> list[Record]:
     records: list[Record] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while len(records) < expected and time.monotonic() < deadline:
         records += await source.getmany(timeout_ms=200, max_records=1000)
     return records

@@ -70,7 +70,8 @@ def test_a_record_round_trips() -> None:
         received_at=NOW,
     )
     assert Touchpoint.from_record(accepted.to_record()) == accepted
-    assert accepted.account is not None and accepted.account.domain == "example.com"
+    assert accepted.account is not None
+    assert accepted.account.domain == "example.com"
 
 
 def test_custom_types_are_namespaced() -> None:

@@ -27,8 +27,10 @@ def test_a_first_page_view_enters_awareness() -> None:
 def test_the_next_stage_is_an_advance_and_a_jump_is_a_skip() -> None:
     advance = B2B_SIX_STAGE.apply(at("Awareness"), "content_download")
     skip = B2B_SIX_STAGE.apply(at("Awareness"), "demo_requested")
-    assert advance is not None and advance.kind is Kind.ADVANCED
-    assert skip is not None and (skip.to_stage, skip.kind) == ("Action", Kind.SKIPPED)
+    assert advance is not None
+    assert advance.kind is Kind.ADVANCED
+    assert skip is not None
+    assert (skip.to_stage, skip.kind) == ("Action", Kind.SKIPPED)
 
 
 def test_an_event_for_an_earlier_stage_does_not_regress_the_default_funnel() -> None:
@@ -43,9 +45,11 @@ def test_events_without_a_rule_change_nothing() -> None:
 
 def test_exit_and_reentry() -> None:
     lost = B2B_SIX_STAGE.apply(at("Opportunity"), "deal_lost")
-    assert lost is not None and (lost.to_stage, lost.kind) == ("Lost", Kind.EXITED)
+    assert lost is not None
+    assert (lost.to_stage, lost.kind) == ("Lost", Kind.EXITED)
     back = B2B_SIX_STAGE.apply(at("Lost"), "demo_requested")
-    assert back is not None and (back.to_stage, back.kind) == ("Action", Kind.REENTERED)
+    assert back is not None
+    assert (back.to_stage, back.kind) == ("Action", Kind.REENTERED)
     assert B2B_SIX_STAGE.apply(None, "deal_lost") is None  # nothing to exit from
 
 
@@ -62,7 +66,8 @@ def test_a_funnel_that_allows_regression_records_it() -> None:
         allow_regression=True,
     )
     regression = funnel.apply(at("Desire"), "page_view")
-    assert regression is not None and regression.kind is Kind.REGRESSED
+    assert regression is not None
+    assert regression.kind is Kind.REGRESSED
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ def test_production_refuses_a_placeholder_database_password() -> None:
     with pytest.raises(ValidationError, match="placeholder"):
         IngestSettings(
             environment="production",
-            database_url="postgresql+asyncpg://leadstage:changeme@db:5432/leadstage",  # type: ignore[arg-type]
+            database_url="postgresql+asyncpg://leadstage:changeme@db:5432/leadstage",
         )
 
 
@@ -18,14 +18,14 @@ def test_production_refuses_a_missing_database_password() -> None:
     with pytest.raises(ValidationError, match="placeholder"):
         ApiSettings(
             environment="production",
-            database_url="postgresql+asyncpg://leadstage@db:5432/leadstage",  # type: ignore[arg-type]
+            database_url="postgresql+asyncpg://leadstage@db:5432/leadstage",
         )
 
 
 def test_production_accepts_a_real_password_and_development_accepts_none() -> None:
     strong = IngestSettings(
         environment="production",
-        database_url="postgresql+asyncpg://leadstage:Vq3-x9Lr0@db:5432/leadstage",  # type: ignore[arg-type]
+        database_url="postgresql+asyncpg://leadstage:Vq3-x9Lr0@db:5432/leadstage",
     )
     assert strong.database_password.get_secret_value() == "Vq3-x9Lr0"
     assert "Vq3" not in repr(strong.database_password)

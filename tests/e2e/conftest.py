@@ -1,0 +1,113 @@
+"""Fixtures that run the real service processes, as `leadstage ingest|engine|api`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Environment, leadstage_cli
+
+LOGS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    role: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 45) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def start_service(role: str, env: dict[str, str], name: str) -> Service:
+    port = free_port()
+    LOGS.mkdir(exist_ok=True)
+    log = LOGS / f"{name}-{role}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "leadstage", role],
+            env={**os.environ, **env, "LEADSTAGE_HTTP_PORT": str(port)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service(role, f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{role} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{service.url}/readyz", timeout=1).status_code == 200:
+                return service
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    service.stop(signal.SIGKILL)
+    raise RuntimeError(f"{role} not ready in 60s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Stack:
+    ingest: Service
+    engine: Service
+    api: Service
+    write_key: str
+    api_token: str
+    env: dict[str, str]
+
+    @property
+    def write_headers(self) -> dict[str, str]:
+        return {"X-Write-Key": self.write_key}
+
+    @property
+    def read_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_token}"}
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session", params=["kafka", "postgres"])
+def stack(request: pytest.FixtureRequest, environment: Environment) -> Iterator[Stack]:
+    """All three services on one transport: the real Kafka, or the embedded event log."""
+    transport: str = request.param
+    env = {
+        **environment.variables(transport),
+        # Each transport's engine keeps its own positions.
+        "LEADSTAGE_CONSUMER_GROUP": f"e2e-{transport}",
+        "LEADSTAGE_WRITE_KEY_CACHE_SECONDS": "0",
+    }
+    write_key = last_line(leadstage_cli("keys", "create", "--source", "e2e", env=env))
+    api_token = last_line(
+        leadstage_cli("tokens", "create", "--name", "e2e", "--scopes", "leads:read", env=env)
+    )
+    services: list[Service] = []
+    try:
+        for role in ("engine", "ingest", "api"):
+            services.append(start_service(role, env, f"{transport}"))
+        engine, ingest, api = services
+        yield Stack(ingest, engine, api, write_key, api_token, env)
+    finally:
+        for service in reversed(services):
+            service.stop()
