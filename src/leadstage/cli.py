@@ -163,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         ingest_port=args.ingest_port,
         api_port=args.api_port,
         engine_port=args.engine_port,
+        database=args.database,
     )
 
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ingest-port", type=int, default=8081)
     run.add_argument("--api-port", type=int, default=8080)
     run.add_argument("--engine-port", type=int, default=8082)
+    run.add_argument("--database", default="leadstage", help="database on the local server")
     run.set_defaults(handler=_run)
     return parser
 

@@ -78,13 +78,15 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60)
     raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
 
 
-def run_all(*, transport: str, ingest_port: int, api_port: int, engine_port: int) -> int:
+def run_all(
+    *, transport: str, ingest_port: int, api_port: int, engine_port: int, database: str
+) -> int:
     postgres = local_postgres()
     postgres.start()
-    postgres.create_database("leadstage")
+    postgres.create_database(database)
     env = {
         **os.environ,
-        "LEADSTAGE_DATABASE_URL": postgres.url(),
+        "LEADSTAGE_DATABASE_URL": postgres.url(database),
         "LEADSTAGE_TRANSPORT": transport,
         "LEADSTAGE_LOG_FORMAT": os.environ.get("LEADSTAGE_LOG_FORMAT", "text"),
     }
@@ -113,6 +115,7 @@ def run_all(*, transport: str, ingest_port: int, api_port: int, engine_port: int
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         for role, port in ports.items():
             _wait_ready(f"http://127.0.0.1:{port}/readyz", processes[role])
