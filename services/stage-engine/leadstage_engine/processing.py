@@ -114,11 +114,13 @@ async def _store_touchpoints(
                 "offset": record.offset,
             },
         )
+    # executemany form: SQLAlchemy batches it as "insertmanyvalues" with RETURNING,
+    # which compiles once instead of a statement per batch size.
     inserted = await session.scalars(
         insert(StoredTouchpoint)
-        .values(list(rows.values()))
         .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(StoredTouchpoint.event_id)
+        .returning(StoredTouchpoint.event_id),
+        list(rows.values()),
     )
     new_ids = set(inserted.all())
     fresh: list[Touchpoint] = []
@@ -209,7 +211,7 @@ async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[
         if state.changed and state.position is not None
     ]
     if upserts:
-        statement = insert(LeadStage).values(upserts)
+        statement = insert(LeadStage)
         await session.execute(
             statement.on_conflict_do_update(
                 index_elements=["funnel", "lead_key"],
@@ -220,10 +222,11 @@ async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[
                     "last_touch_at": statement.excluded.last_touch_at,
                     "updated_at": func.now(),
                 },
-            )
+            ),
+            upserts,
         )
     if transitions:
-        await session.execute(insert(LeadTransition).values(transitions))
+        await session.execute(insert(LeadTransition), transitions)
     return len(transitions)
 
 
@@ -232,7 +235,12 @@ async def store_offsets(
 ) -> None:
     if not offsets:
         return
-    statement = insert(ConsumerOffset).values(
+    statement = insert(ConsumerOffset)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["consumer_group", "topic", "partition"],
+            set_={"next_offset": statement.excluded.next_offset, "updated_at": func.now()},
+        ),
         [
             {
                 "consumer_group": consumer_group,
@@ -241,13 +249,7 @@ async def store_offsets(
                 "next_offset": offset,
             }
             for tp, offset in offsets.items()
-        ]
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["consumer_group", "topic", "partition"],
-            set_={"next_offset": statement.excluded.next_offset, "updated_at": func.now()},
-        )
+        ],
     )
 
 

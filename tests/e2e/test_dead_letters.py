@@ -1,0 +1,76 @@
+"""Poison records produced straight to the topic go to the dead-letter topic with the
+reason, and never stop the engine."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import httpx
+
+from leadstage.db.session import create_engine, create_session_factory
+from leadstage.transport import create_publisher, create_source
+from leadstage.transport.base import OutgoingRecord, Record, TopicPartition
+from tests.conftest import Environment
+from tests.e2e.conftest import Stack
+from tests.e2e.test_walking_skeleton import wait_for_stage
+
+
+class FromStart:
+    async def on_assigned(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        return {}
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+
+async def test_poison_records_are_dead_lettered_with_the_reason(
+    stack: Stack, environment: Environment
+) -> None:
+    settings = environment.settings(stack.env["LEADSTAGE_TRANSPORT"])
+    database = create_engine(settings, application_name="dlq-test")
+    sessions = create_session_factory(database)
+    marker = f"poison-{secrets.token_hex(4)}"
+    poison = [
+        OutgoingRecord(key=marker.encode(), value=b"\xff\xfe not json"),
+        OutgoingRecord(key=marker.encode(), value=json.dumps({"type": "page_view"}).encode()),
+    ]
+    publisher = create_publisher(settings, sessions)
+    await publisher.start()
+    try:
+        await publisher.publish(settings.touchpoints_topic, poison)
+    finally:
+        await publisher.stop()
+
+    # The engine goes on: a valid event after the poison is applied.
+    lead = f"after-{marker}"
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{stack.ingest.url}/v1/events",
+            headers=stack.write_headers,
+            json={"type": "page_view", "lead_id": lead, "occurred_at": "2026-11-20T10:00:00Z"},
+        )
+        assert response.status_code == 202
+        await wait_for_stage(http, stack, lead, "Awareness")
+
+    source = create_source(
+        settings, sessions, topic=settings.dead_letter_topic, group=f"dlq-reader-{marker}"
+    )
+    await source.start(FromStart())
+    found: list[Record] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(found) < 2 and time.monotonic() < deadline:
+            records = await source.getmany(timeout_ms=200, max_records=500)
+            found += [r for r in records if r.key == marker.encode()]
+    finally:
+        await source.stop()
+        await database.dispose()
+
+    assert [r.value for r in found] == [p.value for p in poison]  # original bytes kept
+    reasons = [json.loads(r.headers["leadstage.dlq"]) for r in found]
+    assert [r["error_kind"] for r in reasons] == ["json_invalid", "schema_violation"]
+    assert all(r["source_topic"] == settings.touchpoints_topic for r in reasons)
+    assert reasons[0]["source_offset"] + 1 == reasons[1]["source_offset"]
+    assert reasons[1]["message"]
