@@ -102,7 +102,12 @@ def _keys(args: argparse.Namespace) -> int:
     async def action(sessions: Any) -> int:
         async with unit_of_work(sessions) as session:
             if args.keys_command == "create":
-                issued = await credentials.create_write_key(session, args.source)
+                issued = await credentials.create_write_key(
+                    session,
+                    args.source,
+                    allowed_origins=args.allowed_origin,
+                    rate_limit_per_second=args.rate_limit,
+                )
                 _print(f"write key {issued.id} for source {args.source!r} (shown once):")
                 _print(issued.secret)
             elif args.keys_command == "revoke":
@@ -138,6 +143,31 @@ def _tokens(args: argparse.Namespace) -> int:
                 for token in await credentials.list_api_tokens(session):
                     state = "revoked" if token.revoked_at else "active"
                     _print(f"{token.id}\t{token.name}\t{','.join(token.scopes)}\t{state}")
+        return 0
+
+    return _with_database(action)
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    import json
+
+    from leadstage import dlq
+
+    async def action(sessions: Any) -> int:
+        settings = ServiceSettings()
+        if args.dlq_command == "replay":
+            count = await dlq.replay(settings, sessions, kind=args.kind)
+            _print(f"replayed {count} dead letters to {settings.raw_touchpoints_topic}")
+            return 0
+        shown = 0
+        async for record in dlq.dead_letters(settings, sessions):
+            entry = dlq.describe(record)
+            if args.kind and entry.get("error_kind") != args.kind:
+                continue
+            _print(json.dumps(entry, ensure_ascii=False))
+            shown += 1
+            if shown >= args.limit:
+                break
         return 0
 
     return _with_database(action)
@@ -188,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="manage write keys")
     keys.set_defaults(handler=_keys)
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    key_commands.add_parser("create").add_argument("--source", required=True)
+    create_key = key_commands.add_parser("create")
+    create_key.add_argument("--source", required=True, help="e.g. website, ads, crm")
+    create_key.add_argument(
+        "--allowed-origin", action="append", default=[], help="browser origin allowed (CORS)"
+    )
+    create_key.add_argument("--rate-limit", type=int, help="events per second (default: service)")
     key_commands.add_parser("list")
     key_commands.add_parser("revoke").add_argument("id", type=int)
 
@@ -200,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--scopes", nargs="+", choices=ALL_SCOPES, default=list(ALL_SCOPES))
     token_commands.add_parser("list")
     token_commands.add_parser("revoke").add_argument("id", type=int)
+
+    dead = commands.add_parser("dlq", help="inspect or replay dead letters")
+    dead.set_defaults(handler=_dlq)
+    dead_commands = dead.add_subparsers(dest="dlq_command", required=True)
+    inspect = dead_commands.add_parser("inspect", help="print dead letters as JSON lines")
+    inspect.add_argument("--kind", help="only this error kind, e.g. schema_violation")
+    inspect.add_argument("--limit", type=int, default=100)
+    replay = dead_commands.add_parser("replay", help="send dead letters back through ingest")
+    replay.add_argument("--kind", help="only this error kind")
 
     services = commands.add_parser("services", help="local PostgreSQL and Kafka")
     services.set_defaults(handler=_services)

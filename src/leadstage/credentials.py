@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.db.models import ApiToken, WriteKey
@@ -46,6 +47,8 @@ class Source:
 
     key_id: int
     name: str
+    rate_limit_per_second: int | None = None
+    allowed_origins: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,20 @@ class Caller:
     scopes: frozenset[str]
 
 
-async def create_write_key(session: AsyncSession, source: str) -> Issued:
+async def create_write_key(
+    session: AsyncSession,
+    source: str,
+    *,
+    allowed_origins: Sequence[str] = (),
+    rate_limit_per_second: int | None = None,
+) -> Issued:
     secret = new_secret(WRITE_KEY_PREFIX)
-    key = WriteKey(source=source, key_hash=hash_secret(secret))
+    key = WriteKey(
+        source=source,
+        key_hash=hash_secret(secret),
+        allowed_origins=list(allowed_origins),
+        rate_limit_per_second=rate_limit_per_second,
+    )
     session.add(key)
     await session.flush()
     return Issued(key.id, secret)
@@ -67,12 +81,37 @@ async def create_write_key(session: AsyncSession, source: str) -> Issued:
 
 async def find_write_key(session: AsyncSession, secret: str) -> Source | None:
     row = await session.execute(
-        select(WriteKey.id, WriteKey.source).where(
-            WriteKey.key_hash == hash_secret(secret), WriteKey.revoked_at.is_(None)
-        )
+        select(
+            WriteKey.id, WriteKey.source, WriteKey.rate_limit_per_second, WriteKey.allowed_origins
+        ).where(WriteKey.key_hash == hash_secret(secret), WriteKey.revoked_at.is_(None))
     )
     found = row.one_or_none()
-    return Source(found.id, found.source) if found else None
+    if found is None:
+        return None
+    return Source(
+        found.id, found.source, found.rate_limit_per_second, frozenset(found.allowed_origins)
+    )
+
+
+async def find_source(session: AsyncSession, name: str) -> Source | None:
+    """An active write key's source by name (for trusted producers on the raw topic)."""
+    row = await session.execute(
+        select(WriteKey.id, WriteKey.source, WriteKey.rate_limit_per_second)
+        .where(WriteKey.source == name, WriteKey.revoked_at.is_(None))
+        .order_by(WriteKey.id)
+        .limit(1)
+    )
+    found = row.one_or_none()
+    return Source(found.id, found.source, found.rate_limit_per_second) if found else None
+
+
+async def allowed_origins(session: AsyncSession) -> frozenset[str]:
+    """Every origin any active write key allows (answers CORS preflights, which carry
+    no key)."""
+    rows = await session.scalars(
+        select(func.unnest(WriteKey.allowed_origins)).where(WriteKey.revoked_at.is_(None))
+    )
+    return frozenset(rows.all())
 
 
 async def create_api_token(session: AsyncSession, name: str, scopes: list[str]) -> Issued:

@@ -27,6 +27,8 @@ SCHEMA_VERSION: Literal[1] = 1
 EventId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)]
+# A lead key may carry a kind prefix ("email:", "anon:") before a 255-character id.
+LeadKey = Annotated[str, StringConstraints(min_length=1, max_length=262)]
 CustomType = Annotated[
     str, StringConstraints(strip_whitespace=True, pattern=r"^custom:[a-z0-9_.-]{1,100}$")
 ]
@@ -180,6 +182,11 @@ class Touchpoint(TouchpointIn):
     event_id: EventId
     source: ShortText = Field(description="The write key's source name.")
     received_at: AwareDatetime
+    resolved_lead_id: LeadKey | None = Field(
+        default=None,
+        description="The canonical lead this event belongs to, resolved by ingest's "
+        "identity resolution (anonymous visitors joined to known leads, aliases).",
+    )
 
     @property
     def lead_key(self) -> str:
@@ -187,6 +194,13 @@ class Touchpoint(TouchpointIn):
 
         One lead's events share the key, so they stay in order on one partition.
         """
+        if self.resolved_lead_id is not None:
+            return self.resolved_lead_id
+        return self.provisional_lead_key
+
+    @property
+    def provisional_lead_key(self) -> str:
+        """The lead key from this event's own identifiers, before resolution."""
         if self.lead_id is not None:
             return self.lead_id
         if self.email is not None:

@@ -66,9 +66,20 @@ def error_response(error: ApiError) -> JSONResponse:
     )
 
 
+_LOCATION_ROOTS = frozenset({"body", "query", "path", "header"})
+# Pydantic names the union member a value was tried against inside ``loc``
+# ("str-enum[TouchpointType]", "constrained-str"): not part of the field's path.
+_UNION_MEMBER_TAGS = frozenset({"constrained-str", "str", "int", "float", "bool", "none"})
+
+
 def field_path(location: Sequence[int | str]) -> str | None:
     """``("body", "account", "domain")`` -> ``"account.domain"``; None for the whole body."""
-    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    parts = [
+        str(part)
+        for part in location
+        if part not in _LOCATION_ROOTS
+        and not (isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_TAGS))
+    ]
     return ".".join(parts) or None
 
 
@@ -180,17 +191,21 @@ class BodySizeLimitMiddleware:
     that lies about (or omits) the length is stopped as well.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, per_path: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"], self.default_max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(scope, receive, send, max_bytes)
             return
         chunks: list[Message] = []
         size = 0
@@ -200,8 +215,8 @@ class BodySizeLimitMiddleware:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
+            if size > max_bytes:
+                await self._refuse(scope, receive, send, max_bytes)
                 return
             if not message.get("more_body", False):
                 break
@@ -211,12 +226,12 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         response = error_response(
             ApiError(
                 status.HTTP_413_CONTENT_TOO_LARGE,
                 "size_violation",
-                f"The request body is larger than {self.max_bytes} bytes.",
+                f"The request body is larger than {max_bytes} bytes.",
             )
         )
         await response(scope, receive, send)

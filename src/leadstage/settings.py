@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
         description="SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
     )
     database_pool_size: int = Field(default=5, ge=1, le=100)
+    database_pool_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Wait this long for a free connection, then fail."
+    )
     transport: Transport = Field(
         default="kafka",
         description="Event transport: 'kafka', or 'postgres' (the embedded event log).",
@@ -62,6 +65,11 @@ class ServiceSettings(BaseSettings):
         return f"{self.topic_prefix}touchpoints.dlq.v1"
 
     @property
+    def raw_touchpoints_topic(self) -> str:
+        """Where tools that produce straight to Kafka write raw JSON for ingest to check."""
+        return f"{self.topic_prefix}touchpoints.raw.v1"
+
+    @property
     def database_password(self) -> SecretStr:
         hosts = self.database_url.hosts()
         return SecretStr(hosts[0].get("password") or "" if hosts else "")
@@ -85,7 +93,30 @@ class IngestSettings(ServiceSettings):
     """`leadstage ingest`: the HTTP front door for touchpoints."""
 
     http_port: int = Field(default=8081, ge=1, le=65535)
-    max_body_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Largest body of a single-event request."
+    )
+    max_batch_body_bytes: int = Field(default=500 * 1024, ge=1024)
+    max_batch_events: int = Field(default=500, ge=1, le=10_000)
+    max_event_bytes: int = Field(default=32 * 1024, ge=256)
+    max_nesting_depth: int = Field(default=8, ge=1, le=64)
+    max_properties: int = Field(default=200, ge=1, description="Fields per event, all levels.")
+    max_future_seconds: int = Field(
+        default=86_400, ge=0, description="How far in the future occurred_at may be."
+    )
+    timestamp_horizon_days: int = Field(
+        default=730, ge=1, description="How far in the past occurred_at may be."
+    )
+    rate_limit_per_second: int = Field(
+        default=2_000, ge=1, description="Events per second per write key, unless the key sets one."
+    )
+    dedup_window_days: int = Field(
+        default=30, ge=7, description="How long an event_id is remembered (at least 7 days)."
+    )
+    raw_intake_enabled: bool = Field(
+        default=True, description="Consume the raw topic (Kafka transport only)."
+    )
+    raw_intake_group: str = "leadstage-ingest-raw"
     produce_timeout_seconds: float = Field(default=5.0, gt=0)
     max_in_flight: int = Field(default=1000, ge=1)
     retry_after_seconds: int = Field(default=5, ge=1)

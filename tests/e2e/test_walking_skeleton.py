@@ -134,7 +134,7 @@ async def test_basic_auth_with_the_write_key_as_username_works(stack: Stack) -> 
             },
         )
     assert response.status_code == 202
-    assert response.json()["lead_key"] == "anon:anon-1"
+    assert response.json()["lead_id"] == "anon:anon-1"
 
 
 async def test_an_unreachable_event_log_answers_503_with_retry_after(stack: Stack) -> None:

@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter
 
-from leadstage.db.session import create_engine, create_session_factory, ping
+from leadstage.credentials import allowed_origins
+from leadstage.db.session import SessionFactory, create_engine, create_session_factory, ping
+from leadstage.events import TouchpointIn
 from leadstage.http import BodySizeLimitMiddleware, health_router, install_error_handlers
 from leadstage.settings import IngestSettings
 from leadstage.transport import create_publisher
+from leadstage.transport.kafka import KafkaRecordSource
+from leadstage_ingest.raw_intake import RawIntake
 from leadstage_ingest.router import router
-from leadstage_ingest.service import Intake, WriteKeys
+from leadstage_ingest.schemas import EventBatch
+from leadstage_ingest.service import DeadLetters, Intake, RateLimits, WriteKeys
+
+logger = logging.getLogger(__name__)
+
+
+class AllowedOrigins:
+    """The union of every active key's CORS origins, cached briefly."""
+
+    def __init__(self, sessions: SessionFactory, ttl_seconds: float) -> None:
+        self._sessions = sessions
+        self._ttl = ttl_seconds
+        self._cached: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+    async def allowed(self) -> frozenset[str]:
+        if self._cached[0] > time.monotonic():
+            return self._cached[1]
+        async with self._sessions() as session:
+            origins = await allowed_origins(session)
+        self._cached = (time.monotonic() + self._ttl, origins)
+        return origins
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
@@ -23,24 +53,95 @@ def create_app(settings: IngestSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
-        app.state.write_keys = WriteKeys(sessions, settings.write_key_cache_seconds)
-        app.state.intake = Intake(settings, publisher)
+        dead_letters = DeadLetters(publisher, settings.dead_letter_topic)
+        dead_letters.start()
+        write_keys = WriteKeys(sessions, settings.write_key_cache_seconds)
+        intake = Intake(settings, sessions, publisher, dead_letters)
+        app.state.settings = settings
+        app.state.write_keys = write_keys
+        app.state.rate_limits = RateLimits(settings.rate_limit_per_second)
+        app.state.origins = AllowedOrigins(sessions, settings.write_key_cache_seconds)
+        app.state.intake = intake
+        raw_task: asyncio.Task[None] | None = None
+        raw: RawIntake | None = None
+        if settings.transport == "kafka" and settings.raw_intake_enabled:
+            raw_source = KafkaRecordSource(
+                settings.kafka_bootstrap_servers,
+                topic=settings.raw_touchpoints_topic,
+                group=settings.raw_intake_group,
+                positions_in_kafka=True,
+            )
+            raw = RawIntake(settings, sessions, raw_source, intake, write_keys)
+            raw_task = asyncio.create_task(_keep_running(raw), name="raw-intake")
         try:
             yield
         finally:
+            if raw is not None and raw_task is not None:
+                raw.request_stop()  # finishes the batch in progress, commits its offsets
+                _, pending = await asyncio.wait({raw_task}, timeout=15)
+                for task in pending:  # e.g. still trying to reach the broker
+                    task.cancel()
+                await asyncio.gather(raw_task, return_exceptions=True)
+            await dead_letters.stop()
             await publisher.stop()  # flushes anything still buffered
             await database.dispose()
 
     app = FastAPI(
         title="LeadStage ingest",
         version="1",
-        description="Touchpoint intake: websites, ad tools and CRMs post events here.",
+        description="Touchpoint intake: websites, ad tools and CRMs post events here, in "
+        "LeadStage's schema v1 or Segment's Tracking API format.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        per_path={
+            "/v1/events/batch": settings.max_batch_body_bytes,
+            "/v1/batch": settings.max_batch_body_bytes,
+        },
+    )
     app.include_router(router)
     app.include_router(
         health_router(lambda: {"database": lambda: ping(database), "transport": publisher.ping})
     )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    _document_bodies(app)
     return app
+
+
+async def _keep_running(raw: RawIntake) -> None:
+    """The raw intake restarts after an unexpected failure instead of dying silently."""
+    while True:
+        try:
+            await raw.run()
+            return
+        except Exception:
+            logger.exception("raw intake failed; restarting in 5s")
+            await asyncio.sleep(5)
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """The intake routes parse their bodies themselves (to dead-letter what is bad);
+    add the body schemas they reference to the OpenAPI components."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (TouchpointIn, EventBatch):
+            generated = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in generated.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components[model.__name__] = generated
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""Ingest's HTTP routes: thin, the work is in service.py."""
+"""Ingest's HTTP routes: thin; parsing and acceptance live in intake.py and service.py."""
 
 from __future__ import annotations
 
@@ -6,18 +6,37 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Depends, Header, Request, Response, status
 
 from leadstage.credentials import Source
-from leadstage.events import TouchpointIn
-from leadstage.http import ERROR_RESPONSES, ErrorEnvelope
-from leadstage_ingest.schemas import EventAccepted
-from leadstage_ingest.service import Intake, WriteKeys
+from leadstage.http import ApiError, ErrorEnvelope
+from leadstage_ingest import intake as http_intake
+from leadstage_ingest.schemas import (
+    BatchResult,
+    EventBatch,
+    EventResult,
+    SegmentAccepted,
+    openapi_body,
+)
+from leadstage_ingest.service import Intake, RateLimits, WriteKeys
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
+INTAKE_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorEnvelope, "description": "The body is not valid JSON."},
+    401: {"model": ErrorEnvelope, "description": "No write key, or a wrong or revoked one."},
+    413: {"model": ErrorEnvelope, "description": "The body or the batch is over its limit."},
+    422: {"model": ErrorEnvelope, "description": "Schema violation; `details` names the field."},
+    429: {"model": ErrorEnvelope, "description": "The key is over its rate; see `Retry-After`."},
+    503: {
+        "model": ErrorEnvelope,
+        "description": "The event log did not acknowledge; nothing was accepted. Retry after "
+        "`Retry-After` seconds with the same event ids.",
+    },
+}
 
-def _basic_username(authorization: str | None) -> str | None:
+
+def basic_username(authorization: str | None) -> str | None:
     """Segment-style HTTP Basic: the write key is the username, the password empty."""
     if not authorization or not authorization.lower().startswith("basic "):
         return None
@@ -28,37 +47,144 @@ def _basic_username(authorization: str | None) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
-async def authenticated_source(
-    request: Request,
+def presented_key(
     x_write_key: Annotated[
         str | None, Header(description="The source's write key (or use HTTP Basic).")
     ] = None,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Source:
+) -> str | None:
+    return x_write_key or basic_username(authorization)
+
+
+PresentedKey = Annotated[str | None, Depends(presented_key)]
+
+
+async def _authorised(request: Request, key: str | None, events: int) -> Source:
     keys: WriteKeys = request.app.state.write_keys
-    return await keys.authenticate(x_write_key or _basic_username(authorization))
+    source = await keys.authenticate(key)
+    rate_limits: RateLimits = request.app.state.rate_limits
+    await rate_limits.take(
+        source, max(events, 1), retry_after=request.app.state.settings.retry_after_seconds
+    )
+    return source
+
+
+def _cors(request: Request, response: Response, source: Source) -> None:
+    origin = request.headers.get("origin")
+    if origin and origin in source.allowed_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
 
 
 @router.post(
     "/events",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send one touchpoint",
-    description="Accepted (202) only once the event is durable in the event log. Re-sending "
-    "the same `event_id` is safe: it is stored and counted once.",
-    responses={
-        **ERROR_RESPONSES,
-        413: {"model": ErrorEnvelope, "description": "The body is over the size limit."},
-        503: {
-            "model": ErrorEnvelope,
-            "description": "The event log did not acknowledge; retry after `Retry-After` seconds.",
-        },
-    },
+    description="202 only once the event is durable in the event log. Re-sending the same "
+    "`event_id` is safe: the answer is `duplicate` and it is stored and counted once.",
+    responses=INTAKE_ERRORS,
+    openapi_extra=openapi_body(http_intake.TouchpointBody),
 )
-async def post_event(
-    event: TouchpointIn,
-    request: Request,
-    source: Annotated[Source, Depends(authenticated_source)],
-) -> EventAccepted:
+async def post_event(request: Request, response: Response, key: PresentedKey) -> EventResult:
+    body = await request.body()
+    source = await _authorised(request, key, 1)
     intake: Intake = request.app.state.intake
-    touchpoint = await intake.accept(event, source)
-    return EventAccepted(event_id=touchpoint.event_id, lead_key=touchpoint.lead_key)
+    result = await http_intake.single_event(intake, body, source)
+    _cors(request, response, source)
+    return result
+
+
+@router.post(
+    "/events/batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send up to 500 touchpoints",
+    description="Each event is accepted, a duplicate, or rejected with its field and reason; "
+    "a bad event does not reject the good ones. Rejected events go to the dead-letter topic.",
+    responses=INTAKE_ERRORS,
+    openapi_extra=openapi_body(EventBatch),
+)
+async def post_batch(request: Request, response: Response, key: PresentedKey) -> BatchResult:
+    body = await request.body()
+    events = http_intake.parse_native_batch(body, request.app.state.settings.max_batch_events)
+    source = await _authorised(request, key, len(events))
+    intake: Intake = request.app.state.intake
+    result = await http_intake.native_batch(intake, events, source)
+    _cors(request, response, source)
+    return result
+
+
+SEGMENT_TYPES = ("track", "identify", "page", "group", "alias")
+
+
+def _segment_route(message_type: str) -> None:
+    async def post_segment(
+        request: Request, response: Response, key: PresentedKey
+    ) -> SegmentAccepted:
+        body = await request.body()
+        message = http_intake.parse_object(body)
+        source = await _authorised(request, key or http_intake.body_write_key(message), 1)
+        intake: Intake = request.app.state.intake
+        result = await http_intake.segment_messages(
+            intake, [message], source, expected_type=message_type
+        )
+        _cors(request, response, source)
+        return result
+
+    router.add_api_route(
+        f"/{message_type}",
+        post_segment,
+        methods=["POST"],
+        status_code=status.HTTP_200_OK,
+        tags=["segment"],
+        summary=f"Segment-compatible `{message_type}`",
+        description="Accepts the Segment Tracking API's payload; the write key as the HTTP "
+        "Basic username (empty password), in `X-Write-Key`, or as `writeKey` in the body.",
+        responses=INTAKE_ERRORS,
+        response_model=SegmentAccepted,
+    )
+
+
+for _type in SEGMENT_TYPES:
+    _segment_route(_type)
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_200_OK,
+    tags=["segment"],
+    summary="Segment-compatible `batch`",
+    responses=INTAKE_ERRORS,
+)
+async def post_segment_batch(
+    request: Request, response: Response, key: PresentedKey
+) -> SegmentAccepted:
+    body = await request.body()
+    envelope = http_intake.parse_object(body)
+    messages = http_intake.segment_batch_messages(
+        envelope, request.app.state.settings.max_batch_events
+    )
+    source = await _authorised(request, key or http_intake.body_write_key(envelope), len(messages))
+    intake: Intake = request.app.state.intake
+    result = await http_intake.segment_messages(intake, messages, source, envelope=envelope)
+    _cors(request, response, source)
+    return result
+
+
+@router.options("/{path:path}", include_in_schema=False)
+async def preflight(request: Request, path: str) -> Response:
+    """CORS preflight. It carries no write key, so an origin is allowed here if any
+    active key allows it; the actual response allows it only for its own key."""
+    origin = request.headers.get("origin")
+    allowed = await request.app.state.origins.allowed()
+    if not origin or origin not in allowed:
+        raise ApiError(status.HTTP_403_FORBIDDEN, "forbidden", "Origin not allowed.")
+    return Response(
+        status_code=status.HTTP_204_NO_CONTENT,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Write-Key",
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        },
+    )

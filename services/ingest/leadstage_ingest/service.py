@@ -1,19 +1,86 @@
-"""Ingest's domain logic: authenticate the source, accept a touchpoint durably."""
+"""Ingest's domain logic: authenticate, validate, deduplicate, resolve, accept durably.
+
+One intake batch (an HTTP request, or one ``getmany`` of the Kafka raw intake)
+is one PostgreSQL transaction:
+
+1. claim each ``event_id`` in ``ingest_dedup`` (a repeat is a duplicate);
+2. resolve each event's canonical lead and account;
+3. produce the accepted touchpoints, keyed by canonical lead, and wait for the
+   event log's durable acknowledgement;
+4. commit.
+
+If step 3 fails the transaction rolls back: the event_ids are not claimed,
+so the client's retry is accepted, and no identity change is kept. If the
+process dies between 3 and 4, the retry produces again and the stage engine,
+which stores each event_id once, ignores the repeat.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import time
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from fastapi import status
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.credentials import Source, find_write_key
-from leadstage.db.session import SessionFactory
-from leadstage.events import Touchpoint, TouchpointIn
+from leadstage.db.models import IngestDedup
+from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.events import Touchpoint
 from leadstage.http import ApiError
 from leadstage.settings import IngestSettings
 from leadstage.transport.base import OutgoingRecord, Publisher, TransportUnavailableError
+from leadstage_ingest import metrics
+from leadstage_ingest.identity import Alias, attach_accounts, resolve_leads
+from leadstage_ingest.validation import Limits, Rejected
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["accepted", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    status: Outcome
+    event_id: str | None = None
+    lead_id: str | None = None
+    kind: str | None = None
+    field: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Candidate:
+    """One incoming record on its way through a batch."""
+
+    raw: Any
+    touchpoint: Touchpoint | None = None
+    rejection: Rejected | None = None
+    previous_id: str | None = None  # Segment alias
+    origin: Mapping[str, Any] = field(default_factory=dict)  # where it came from (DLQ)
+
+
+def limits_from(settings: IngestSettings) -> Limits:
+    return Limits(
+        max_event_bytes=settings.max_event_bytes,
+        max_depth=settings.max_nesting_depth,
+        max_properties=settings.max_properties,
+        max_future=timedelta(seconds=settings.max_future_seconds),
+        horizon=timedelta(days=settings.timestamp_horizon_days),
+    )
 
 
 class WriteKeys:
@@ -27,43 +94,138 @@ class WriteKeys:
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, Source | None]] = {}
 
-    async def authenticate(self, secret: str | None) -> Source:
-        if not secret:
-            raise ApiError(
-                status.HTTP_401_UNAUTHORIZED,
-                "unauthorized",
-                "A write key is required.",
-                headers={"WWW-Authenticate": 'Basic realm="leadstage"'},
-            )
+    async def lookup(self, secret: str) -> Source | None:
         now = time.monotonic()
         cached = self._cache.get(secret)
         if cached is not None and cached[0] > now:
-            source = cached[1]
-        else:
-            async with self._sessions() as session:
-                source = await find_write_key(session, secret)
-            if len(self._cache) > 10_000:
-                self._cache.clear()  # bounded: a flood of bad keys cannot grow it
-            self._cache[secret] = (now + self._ttl, source)
+            return cached[1]
+        async with self._sessions() as session:
+            source = await find_write_key(session, secret)
+        if len(self._cache) > 10_000:
+            self._cache.clear()  # bounded: a flood of bad keys cannot grow it
+        self._cache[secret] = (now + self._ttl, source)
+        return source
+
+    async def authenticate(self, secret: str | None) -> Source:
+        source = await self.lookup(secret) if secret else None
         if source is None:
+            metrics.REJECTED.labels("http", "unknown_write_key").inc()
             raise ApiError(
                 status.HTTP_401_UNAUTHORIZED,
                 "unauthorized",
-                "The write key is not valid.",
+                "A valid write key is required." if secret else "A write key is required.",
                 headers={"WWW-Authenticate": 'Basic realm="leadstage"'},
             )
         return source
 
 
-class Intake:
-    """Accepts touchpoints: 202 only after the transport made them durable."""
+class RateLimits:
+    """Per-key moving-window limits, in this process (each ingest replica has its own)."""
 
-    def __init__(self, settings: IngestSettings, publisher: Publisher) -> None:
-        self._settings = settings
+    def __init__(self, default_per_second: int) -> None:
+        self._default = default_per_second
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def take(self, source: Source, events: int, *, retry_after: int) -> None:
+        rate = RateLimitItemPerSecond(source.rate_limit_per_second or self._default)
+        if not await self._limiter.hit(rate, str(source.key_id), cost=events):
+            raise ApiError(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                "rate_limited",
+                f"Write key {source.key_id} is over {rate.amount} events per second.",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+
+class DeadLetters:
+    """Writes rejected records to the dead-letter topic in the background.
+
+    Bounded: when the event log is down and the queue is full, further dead
+    letters are dropped and counted rather than holding memory or requests.
+    """
+
+    def __init__(self, publisher: Publisher, topic: str, *, capacity: int = 10_000) -> None:
         self._publisher = publisher
+        self._topic = topic
+        self._queue: asyncio.Queue[OutgoingRecord] = asyncio.Queue(maxsize=capacity)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dead-letters")
+
+    async def stop(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def flush(self) -> None:
+        """Wait (up to 10 s) until every queued dead letter is written."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._queue.join()
+
+    def put(self, candidate: Candidate, *, source: str | None, raw: bytes | None = None) -> None:
+        rejection = candidate.rejection
+        assert rejection is not None  # noqa: S101 - only rejected candidates come here
+        reason = {
+            "error_kind": rejection.kind,
+            "field": rejection.field,
+            "message": rejection.message,
+            "source": source,
+            "rejected_by": "ingest",
+            "rejected_at": datetime.now(UTC).isoformat(),
+            **candidate.origin,
+        }
+        value = raw if raw is not None else json.dumps(candidate.raw, default=str).encode()
+        record = OutgoingRecord(
+            key=(source or "").encode(),
+            value=value,
+            headers={"leadstage.dlq": json.dumps(reason), "error_kind": rejection.kind},
+        )
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            metrics.DEAD_LETTERS.labels("dropped").inc()
+            logger.error("dead-letter queue full; dropped kind=%s", rejection.kind)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 500:
+                batch.append(self._queue.get_nowait())
+            while True:
+                try:
+                    await self._publisher.publish(self._topic, batch)
+                    metrics.DEAD_LETTERS.labels("written").inc(len(batch))
+                    for _ in batch:
+                        self._queue.task_done()
+                    break
+                except TransportUnavailableError as error:
+                    metrics.DEAD_LETTERS.labels("failed").inc(len(batch))
+                    logger.warning("dead letters not written yet (%r); retrying", error)
+                    await asyncio.sleep(1)
+
+
+class Intake:
+    """Accepts touchpoints: "accepted" only after the transport made them durable."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        sessions: SessionFactory,
+        publisher: Publisher,
+        dead_letters: DeadLetters,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._publisher = publisher
+        self.dead_letters = dead_letters
+        self.limits = limits_from(settings)
         # Bounded in-flight work: when the broker is slow, callers get 503 at
         # once instead of the process queueing without limit.
-        self._in_flight = asyncio.Semaphore(settings.max_in_flight)
+        self._capacity = settings.max_in_flight
+        self._in_flight = 0
 
     def _unavailable(self, message: str) -> ApiError:
         return ApiError(
@@ -73,23 +235,122 @@ class Intake:
             headers={"Retry-After": str(self._settings.retry_after_seconds)},
         )
 
-    async def accept(self, event: TouchpointIn, source: Source) -> Touchpoint:
-        touchpoint = Touchpoint.accept(event, source=source.name, received_at=datetime.now(UTC))
-        if self._in_flight.locked():
-            raise self._unavailable("Too many events in flight; retry later.")
-        async with self._in_flight:
+    async def accept(
+        self, candidates: Sequence[Candidate], source: str, *, intake: str
+    ) -> list[EventOutcome]:
+        """Accept a batch of validated candidates; rejected ones are dead-lettered."""
+        outcomes: list[EventOutcome | None] = [None] * len(candidates)
+        valid: list[tuple[int, Candidate, Touchpoint]] = []
+        for i, candidate in enumerate(candidates):
+            if candidate.touchpoint is None:
+                rejection = candidate.rejection
+                assert rejection is not None  # noqa: S101
+                outcomes[i] = EventOutcome(
+                    "rejected",
+                    kind=rejection.kind,
+                    field=rejection.field,
+                    reason=rejection.message,
+                )
+                self.dead_letters.put(candidate, source=source)
+                metrics.REJECTED.labels(intake, rejection.kind).inc()
+                logger.info(
+                    "rejected source=%s kind=%s field=%s reason=%s",
+                    source,
+                    rejection.kind,
+                    rejection.field,
+                    rejection.message,
+                )
+            else:
+                valid.append((i, candidate, candidate.touchpoint))
+
+        if valid:
+            if self._in_flight + len(valid) > self._capacity:
+                raise self._unavailable("Too many events in flight; retry later.")
+            self._in_flight += len(valid)
+            metrics.IN_FLIGHT.set(self._in_flight)
             try:
+                accepted = await self._accept_valid(valid)
+            finally:
+                self._in_flight -= len(valid)
+                metrics.IN_FLIGHT.set(self._in_flight)
+            for i, outcome in accepted.items():
+                outcomes[i] = outcome
+
+        final = [o for o in outcomes if o is not None]
+        for outcome in final:
+            metrics.EVENTS.labels(source, intake, outcome.status).inc()
+        return final
+
+    async def _accept_valid(
+        self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
+    ) -> dict[int, EventOutcome]:
+        try:
+            async with unit_of_work(self._sessions) as session:
+                fresh_ids = await claim_event_ids(session, [tp for _, _, tp in valid])
+                seen: set[str] = set()
+                fresh: list[tuple[int, Candidate, Touchpoint]] = []
+                outcomes: dict[int, EventOutcome] = {}
+                for i, candidate, touchpoint in valid:
+                    if touchpoint.event_id in fresh_ids and touchpoint.event_id not in seen:
+                        seen.add(touchpoint.event_id)
+                        fresh.append((i, candidate, touchpoint))
+                    else:
+                        outcomes[i] = EventOutcome("duplicate", event_id=touchpoint.event_id)
+                if not fresh:
+                    return outcomes
+                touchpoints = [tp for _, _, tp in fresh]
+                aliases = [Alias(tp.event_id, c.previous_id) for _, c, tp in fresh if c.previous_id]
+                leads = await resolve_leads(session, touchpoints, aliases)
+                accounts = await attach_accounts(session, touchpoints, leads)
+                resolved = [
+                    tp.model_copy(
+                        update={
+                            "resolved_lead_id": leads[tp.event_id],
+                            "account": accounts.get(tp.event_id, tp.account),
+                        }
+                    )
+                    for tp in touchpoints
+                ]
+                started = time.perf_counter()
                 await self._publisher.publish(
                     self._settings.touchpoints_topic,
                     [
-                        OutgoingRecord(
-                            key=touchpoint.lead_key.encode(), value=touchpoint.to_record()
-                        )
+                        OutgoingRecord(key=tp.lead_key.encode(), value=tp.to_record())
+                        for tp in resolved
                     ],
                 )
-            except TransportUnavailableError as error:
-                raise self._unavailable(
-                    "The event log did not acknowledge the event; it was not accepted. "
-                    "Retry with the same event_id."
-                ) from error
-        return touchpoint
+                metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
+                for (i, _, _), tp in zip(fresh, resolved, strict=True):
+                    outcomes[i] = EventOutcome(
+                        "accepted", event_id=tp.event_id, lead_id=tp.lead_key
+                    )
+                return outcomes
+        except (TransportUnavailableError, SQLAlchemyTimeoutError) as error:
+            raise self._unavailable(
+                "The event log did not acknowledge the events; none was accepted. "
+                "Retry with the same event_ids."
+            ) from error
+
+
+async def claim_event_ids(session: AsyncSession, touchpoints: Sequence[Touchpoint]) -> set[str]:
+    """Claim each event_id; return those not seen before inside the window.
+
+    The rows stay locked until the transaction ends, so a concurrent request
+    with the same event_id waits for this one and then sees a duplicate (or,
+    if this one rolled back, claims it itself).
+    """
+    rows = {tp.event_id: {"event_id": tp.event_id, "source": tp.source} for tp in touchpoints}
+    claimed = await session.scalars(
+        insert(IngestDedup)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(IngestDedup.event_id, sort_by_parameter_order=True),
+        list(rows.values()),
+    )
+    return set(claimed.all())
+
+
+async def prune_dedup(session: AsyncSession, *, older_than: timedelta) -> int:
+    result = await session.execute(
+        delete(IngestDedup).where(IngestDedup.accepted_at < datetime.now(UTC) - older_than)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError
 
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.funnel import Funnel
@@ -24,6 +24,7 @@ from leadstage.transport.base import (
     Record,
     RecordSource,
     TopicPartition,
+    TransportUnavailableError,
 )
 from leadstage_engine.processing import (
     BatchOutcome,
@@ -37,6 +38,19 @@ from leadstage_engine.processing import (
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY_SECONDS = 30.0
+MAX_ATTEMPTS = 6
+
+
+def is_poison(error: DBAPIError) -> bool:
+    """PostgreSQL (or the driver encoding a value for it) refused the data itself:
+    SQLSTATE class 22, "data exception". Retrying the same record never helps."""
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    return isinstance(error, DataError) or str(sqlstate).startswith("22")
+
+
+def _is_refusal(error: DBAPIError) -> bool:
+    """An error about this record rather than the connection (after retries ran out)."""
+    return not error.connection_invalidated and not isinstance(error.orig, OSError)
 
 
 class StageEngine:
@@ -55,17 +69,22 @@ class StageEngine:
         self._funnels = funnels
         self._batch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._assigned: set[TopicPartition] = set()
         self.processed = 0
 
     # -- AssignmentListener -------------------------------------------------
     async def on_assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
         async with unit_of_work(self._sessions) as session:
-            return await load_offsets(session, self._settings.consumer_group, partitions)
+            stored = await load_offsets(session, self._settings.consumer_group, partitions)
+        self._assigned |= partitions
+        return stored
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         # The batch in progress holds the lock: waiting for it means that batch
-        # commits before another member takes the partitions over.
+        # commits before another member takes the partitions over. A batch fetched
+        # before the revoke but not started yet drops the revoked partitions.
         async with self._batch_lock:
+            self._assigned -= partitions
             logger.info("revoked partitions=%s", sorted(partitions))
 
     # -- lifecycle ----------------------------------------------------------
@@ -94,28 +113,39 @@ class StageEngine:
 
     async def _process_with_retry(self, records: list[Record]) -> None:
         delay = 0.5
-        while True:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                await self.process(records)
+                await self.process(self._still_assigned(records))
                 return
-            except IntegrityError:
-                raise  # a bug, not an outage: crash loudly, restart reprocesses
-            except DataError:
-                # Some record's content PostgreSQL refuses: find it, quarantine it,
-                # keep consuming.
-                await self._isolate_poison(records)
-                return
-            except (DBAPIError, OSError, ConnectionError) as error:
-                if self._stopping.is_set():
-                    raise
-                logger.warning(
-                    "batch of %s records failed (%r); retrying in %.1fs",
-                    len(records),
-                    error,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+            except DBAPIError as error:
+                if is_poison(error):
+                    # PostgreSQL refuses some record's content: find it, quarantine
+                    # it, keep consuming.
+                    await self._isolate_poison(records)
+                    return
+                failure: Exception = error
+            except (OSError, ConnectionError, TransportUnavailableError) as error:
+                failure = error
+            if self._stopping.is_set():
+                raise failure
+            logger.warning(
+                "batch of %s records failed (attempt %s of %s: %r); retrying in %.1fs",
+                len(records),
+                attempt,
+                MAX_ATTEMPTS,
+                failure,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+        # Still failing: either PostgreSQL is down (processing record by record fails
+        # too, the process exits and its supervisor restarts it from the stored
+        # offsets) or one record fails in a way we did not foresee (it is isolated).
+        await self._isolate_poison(records)
+
+    def _still_assigned(self, records: list[Record]) -> list[Record]:
+        """Drop records of partitions revoked while the batch waited for the lock."""
+        return [r for r in records if r.topic_partition in self._assigned]
 
     async def process(self, records: Sequence[Record]) -> BatchOutcome:
         async with unit_of_work(self._sessions) as session:
@@ -148,10 +178,12 @@ class StageEngine:
         return outcome
 
     async def _isolate_poison(self, records: Sequence[Record]) -> None:
-        for record in records:
+        for record in self._still_assigned(list(records)):
             try:
                 await self.process([record])
-            except DataError as error:
+            except DBAPIError as error:
+                if not is_poison(error) and not _is_refusal(error):
+                    raise
                 rejection = Rejection(record, "unprocessable", None, str(error.orig))
                 await self._dead_letter([rejection])
                 async with unit_of_work(self._sessions) as session:

@@ -239,7 +239,14 @@ async def store_offsets(
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=["consumer_group", "topic", "partition"],
-            set_={"next_offset": statement.excluded.next_offset, "updated_at": func.now()},
+            # Never backwards: a late batch of a partition that moved on cannot
+            # rewind the position another member already stored.
+            set_={
+                "next_offset": func.greatest(
+                    ConsumerOffset.__table__.c.next_offset, statement.excluded.next_offset
+                ),
+                "updated_at": func.now(),
+            },
         ),
         [
             {

@@ -47,6 +47,12 @@ class WriteKey(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(255))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Browser origins allowed to post with this key (CORS); empty: none.
+    allowed_origins: Mapped[list[str]] = mapped_column(
+        ARRAY(String(255)), server_default="{}", default=list
+    )
+    # Events per second this key may send; NULL: the service default.
+    rate_limit_per_second: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
@@ -162,3 +168,70 @@ class EventLogRecord(Base):
     value: Mapped[bytes] = mapped_column(LargeBinary)
     headers: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
     appended_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class IngestDedup(Base):
+    """An event_id ingest has accepted: a repeat inside the window is a duplicate.
+
+    Written in the same transaction that waits for the broker's ack, so an event
+    the broker refused leaves no row behind and its retry is accepted.
+    """
+
+    __tablename__ = "ingest_dedup"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source: Mapped[str] = mapped_column(String(255))
+    accepted_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now(), index=True)
+
+
+class Identity(Base):
+    """One identifier of a person (lead_id, email, anonymous_id) and the lead it belongs to."""
+
+    __tablename__ = "identities"
+
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    value: Mapped[str] = mapped_column(String(262), primary_key=True)
+    lead_id: Mapped[str] = mapped_column(String(262), index=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class IdentityMerge(Base):
+    """Lead ``from_lead`` was merged into ``into_lead``; ``moved`` lists the identities
+    re-pointed, so the merge can be reverted."""
+
+    __tablename__ = "identity_merges"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    from_lead: Mapped[str] = mapped_column(String(262), index=True)
+    into_lead: Mapped[str] = mapped_column(String(262), index=True)
+    reason: Mapped[str] = mapped_column(String(40))
+    event_id: Mapped[str] = mapped_column(String(255))
+    moved: Mapped[list[list[str]]] = mapped_column(JSONB)
+    merged_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    reverted_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Account(Base):
+    """A company (buying group); contacts attach to it by id, group call or email domain."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(262), primary_key=True)
+    domain: Mapped[str | None] = mapped_column(String(253), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    industry: Mapped[str | None] = mapped_column(String(255))
+    employee_count: Mapped[int | None] = mapped_column(Integer)
+    country: Mapped[str | None] = mapped_column(String(2))
+    tier: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class LeadAccount(Base):
+    """Which account a lead (contact) belongs to."""
+
+    __tablename__ = "lead_accounts"
+
+    lead_id: Mapped[str] = mapped_column(String(262), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(262), index=True)
+    attached_by: Mapped[str] = mapped_column(String(20))
+    attached_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

@@ -26,7 +26,10 @@ def create_engine(settings: ServiceSettings, *, application_name: str) -> AsyncE
     return create_async_engine(
         str(settings.database_url),
         pool_size=settings.database_pool_size,
+        pool_timeout=settings.database_pool_timeout_seconds,
         pool_pre_ping=True,
+        # Tracebacks then carry no parameters: no emails or payloads in the logs.
+        hide_parameters=True,
         connect_args={"server_settings": {"application_name": application_name}},
     )
 

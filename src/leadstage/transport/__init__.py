@@ -12,13 +12,24 @@ from leadstage.transport.base import Publisher, RecordSource
 
 
 def create_publisher(settings: ServiceSettings, sessions: SessionFactory) -> Publisher:
+    """A publisher; its acknowledgement wait is bounded by ``produce_timeout_seconds``."""
+    timeout: float = getattr(settings, "produce_timeout_seconds", 5.0)
     if settings.transport == "kafka":
         from leadstage.transport.kafka import KafkaPublisher
 
-        return KafkaPublisher(settings.kafka_bootstrap_servers)
+        return KafkaPublisher(settings.kafka_bootstrap_servers, timeout_seconds=timeout)
+    from leadstage.db.session import create_engine, create_session_factory
     from leadstage.transport.pglog import PostgresLogPublisher
 
-    return PostgresLogPublisher(sessions, partitions=settings.topic_partitions)
+    # Its own connection pool: a caller may hold a transaction on the shared pool
+    # while it waits for the append (ingest does), and must not starve it.
+    log_engine = create_engine(settings, application_name="leadstage-event-log")
+    return PostgresLogPublisher(
+        create_session_factory(log_engine),
+        partitions=settings.topic_partitions,
+        timeout_seconds=timeout,
+        on_stop=log_engine.dispose,
+    )
 
 
 def create_source(
@@ -35,7 +46,11 @@ def create_source(
 
 async def create_topics(settings: ServiceSettings, sessions: SessionFactory) -> list[str]:
     """Create every topic LeadStage uses, idempotently. Returns their names."""
-    topics = [settings.touchpoints_topic, settings.dead_letter_topic]
+    topics = [
+        settings.touchpoints_topic,
+        settings.dead_letter_topic,
+        settings.raw_touchpoints_topic,
+    ]
     if settings.transport == "kafka":
         from leadstage.transport.kafka import ensure_topics
 

@@ -94,16 +94,31 @@ class KafkaPublisher:
 
 
 class _RebalanceAdapter(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: AIOKafkaConsumer, listener: AssignmentListener) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, listener: AssignmentListener, *, seek: bool
+    ) -> None:
         self._consumer = consumer
         self._listener = listener
+        self._seek = seek
+        self.failure: Exception | None = None
 
     async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
         await self._listener.on_revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
         partitions = {TopicPartition(tp.topic, tp.partition) for tp in assigned}
-        stored = await self._listener.on_assigned(partitions)
+        if self._seek:
+            # Nothing from these partitions until they are positioned from PostgreSQL.
+            self._consumer.pause(*assigned)
+        try:
+            stored = await self._listener.on_assigned(partitions)
+        except Exception as error:
+            # aiokafka would log this and go on consuming from unknown positions:
+            # remember it, and fail the next getmany instead.
+            self.failure = error
+            raise
+        if not self._seek:
+            return
         # Only synchronous seeks from here on: an await between two seeks would let
         # the fetcher hand out records from positions not yet set.
         for tp in sorted(assigned):
@@ -115,16 +130,23 @@ class _RebalanceAdapter(ConsumerRebalanceListener):  # type: ignore[misc]
             logger.info(
                 "assigned topic=%s partition=%s offset=%s", tp.topic, tp.partition, next_offset
             )
+        self._consumer.resume(*assigned)
 
 
 class KafkaRecordSource:
     """A consumer-group member with auto-commit off; positions live in PostgreSQL."""
 
-    def __init__(self, bootstrap_servers: str, *, topic: str, group: str) -> None:
+    def __init__(
+        self, bootstrap_servers: str, *, topic: str, group: str, positions_in_kafka: bool = False
+    ) -> None:
+        """``positions_in_kafka``: resume from the group's offsets committed in Kafka
+        (for consumers whose output is not in PostgreSQL, such as the raw intake)."""
         self._bootstrap_servers = bootstrap_servers
         self._topic = topic
         self._group = group
+        self._positions_in_kafka = positions_in_kafka
         self._started: AIOKafkaConsumer | None = None
+        self._listener: _RebalanceAdapter | None = None
 
     @property
     def _consumer(self) -> AIOKafkaConsumer:
@@ -142,9 +164,10 @@ class KafkaRecordSource:
             isolation_level="read_committed",
         )
         await self._consumer.start()
-        self._consumer.subscribe(
-            [self._topic], listener=_RebalanceAdapter(self._consumer, listener)
+        self._listener = _RebalanceAdapter(
+            self._consumer, listener, seek=not self._positions_in_kafka
         )
+        self._consumer.subscribe([self._topic], listener=self._listener)
 
     async def stop(self) -> None:
         if self._started is not None:
@@ -152,6 +175,8 @@ class KafkaRecordSource:
             self._started = None
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> list[Record]:
+        if self._listener is not None and self._listener.failure is not None:
+            raise RuntimeError("partition assignment failed") from self._listener.failure
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return [
             Record(
@@ -160,13 +185,26 @@ class KafkaRecordSource:
                 offset=message.offset,
                 key=message.key,
                 value=message.value,
-                headers={k: v.decode(errors="replace") for k, v in message.headers},
+                headers={
+                    k: v.decode(errors="replace") if v is not None else ""
+                    for k, v in message.headers
+                },
             )
             for messages in batches.values()
             for message in messages
         ]
 
     async def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self._positions_in_kafka:
+            # Kafka holds the truth here: a failed commit must be seen (the batch
+            # is then redelivered, and deduplicated downstream).
+            await self._consumer.commit(
+                {
+                    KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+                    for tp, offset in offsets.items()
+                }
+            )
+            return
         try:
             await self._consumer.commit(
                 {

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from itertools import groupby
 
 from aiokafka.partitioner import murmur2
 from sqlalchemy import ColumnElement, and_, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from leadstage.db.models import EventLogHead, EventLogRecord
 from leadstage.db.session import SessionFactory, unit_of_work
@@ -39,17 +40,34 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 class PostgresLogPublisher:
-    def __init__(self, sessions: SessionFactory, *, partitions: int) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        partitions: int,
+        timeout_seconds: float = 5.0,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._sessions = sessions
         self._partitions = partitions
+        self._timeout = timeout_seconds
+        self._on_stop = on_stop
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        return None
+        if self._on_stop is not None:
+            await self._on_stop()
 
     async def publish(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._append(topic, records)
+        except TimeoutError as error:
+            raise TransportUnavailableError("event log append timed out") from error
+
+    async def _append(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
         by_partition = sorted(
             ((partition_for(r.key, self._partitions), i, r) for i, r in enumerate(records)),
             key=lambda item: (item[0], item[1]),
@@ -89,7 +107,7 @@ class PostgresLogPublisher:
                             for i, record in enumerate(batch)
                         ],
                     )
-        except (DBAPIError, OSError) as error:
+        except (DBAPIError, OSError, SQLAlchemyTimeoutError) as error:
             raise TransportUnavailableError(f"event log unavailable: {error!r}") from error
 
     async def ping(self) -> None:

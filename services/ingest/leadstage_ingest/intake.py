@@ -1,0 +1,219 @@
+"""From request bodies (native schema v1 or Segment) to intake candidates and answers.
+
+Everything that is wrong with an authenticated client's event is answered
+with its field and reason, and the event goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import status
+
+from leadstage.credentials import Source
+from leadstage.events import Touchpoint, TouchpointIn
+from leadstage.http import ApiError, ErrorDetail
+from leadstage_ingest import segment
+from leadstage_ingest.schemas import (
+    BatchItemResult,
+    BatchResult,
+    EventError,
+    EventResult,
+    SegmentAccepted,
+)
+from leadstage_ingest.service import Candidate, EventOutcome, Intake
+from leadstage_ingest.validation import (
+    ErrorKind,
+    Limits,
+    Rejected,
+    check_structure,
+    check_time,
+    parse_json,
+    to_touchpoint,
+)
+
+TouchpointBody = TouchpointIn
+
+_STATUS_OF_KIND = {
+    ErrorKind.JSON_INVALID: status.HTTP_400_BAD_REQUEST,
+    ErrorKind.SIZE_VIOLATION: status.HTTP_413_CONTENT_TOO_LARGE,
+}
+
+
+def _error(rejection: Rejected) -> ApiError:
+    return ApiError(
+        _STATUS_OF_KIND.get(rejection.kind, status.HTTP_422_UNPROCESSABLE_CONTENT),
+        rejection.kind,
+        {
+            ErrorKind.JSON_INVALID: "The request body is not valid JSON.",
+            ErrorKind.SIZE_VIOLATION: "The event is over the size limit.",
+        }.get(rejection.kind, "The event was rejected."),
+        details=[ErrorDetail(field=rejection.field, reason=rejection.message)],
+    )
+
+
+def parse_object(body: bytes) -> Mapping[str, Any]:
+    try:
+        parsed = parse_json(body)
+    except Rejected as rejection:
+        raise _error(rejection) from rejection
+    if not isinstance(parsed, Mapping):
+        raise _error(Rejected(ErrorKind.SCHEMA_VIOLATION, None, "the body must be a JSON object"))
+    return parsed
+
+
+def body_write_key(message: Mapping[str, Any]) -> str | None:
+    key = message.get("writeKey")
+    return key if isinstance(key, str) and key else None
+
+
+def native_candidate(raw: Any, source: str, received_at: datetime, limits: Limits) -> Candidate:
+    try:
+        touchpoint = to_touchpoint(raw, source=source, received_at=received_at, limits=limits)
+    except Rejected as rejection:
+        return Candidate(raw=raw, rejection=rejection)
+    return Candidate(raw=raw, touchpoint=touchpoint)
+
+
+async def single_event(intake: Intake, body: bytes, source: Source) -> EventResult:
+    received_at = datetime.now(UTC)
+    try:
+        raw = parse_json(body)
+    except Rejected as rejection:
+        intake.dead_letters.put(
+            Candidate(raw=None, rejection=rejection), source=source.name, raw=body
+        )
+        raise _error(rejection) from rejection
+    candidate = native_candidate(raw, source.name, received_at, intake.limits)
+    [outcome] = await intake.accept([candidate], source.name, intake="http")
+    if candidate.rejection is not None:
+        raise _error(candidate.rejection)
+    assert outcome.status != "rejected" and outcome.event_id is not None  # noqa: PT018, S101
+    return EventResult(status=outcome.status, event_id=outcome.event_id, lead_id=outcome.lead_id)
+
+
+def parse_native_batch(body: bytes, max_events: int) -> list[Any]:
+    envelope = parse_object(body)
+    events = envelope.get("events")
+    if not isinstance(events, list):
+        raise _error(Rejected(ErrorKind.SCHEMA_VIOLATION, "events", "a list of events is required"))
+    if len(events) > max_events:
+        raise ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            ErrorKind.SIZE_VIOLATION,
+            f"A batch holds at most {max_events} events; this one has {len(events)}.",
+            details=[ErrorDetail(field="events", reason=f"at most {max_events} events")],
+        )
+    return events
+
+
+def batch_result(outcomes: Sequence[EventOutcome]) -> BatchResult:
+    results = [
+        BatchItemResult(
+            index=i,
+            status=o.status,
+            event_id=o.event_id,
+            lead_id=o.lead_id,
+            error=EventError(kind=o.kind, field=o.field, reason=o.reason or "") if o.kind else None,
+        )
+        for i, o in enumerate(outcomes)
+    ]
+    return BatchResult(
+        accepted=sum(o.status == "accepted" for o in outcomes),
+        duplicates=sum(o.status == "duplicate" for o in outcomes),
+        rejected=sum(o.status == "rejected" for o in outcomes),
+        results=results,
+    )
+
+
+async def native_batch(intake: Intake, events: Sequence[Any], source: Source) -> BatchResult:
+    received_at = datetime.now(UTC)
+    candidates = [native_candidate(e, source.name, received_at, intake.limits) for e in events]
+    return batch_result(await intake.accept(candidates, source.name, intake="http"))
+
+
+# -- Segment ----------------------------------------------------------------------------
+
+
+def segment_batch_messages(envelope: Mapping[str, Any], max_events: int) -> list[Any]:
+    try:
+        messages, _, _ = segment.split_batch(envelope)
+    except segment.SegmentMappingError as error:
+        raise _error(Rejected(ErrorKind.SCHEMA_VIOLATION, error.field, error.reason)) from error
+    if len(messages) > max_events:
+        raise ApiError(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            ErrorKind.SIZE_VIOLATION,
+            f"A batch holds at most {max_events} messages; this one has {len(messages)}.",
+            details=[ErrorDetail(field="batch", reason=f"at most {max_events} messages")],
+        )
+    return list(messages)
+
+
+def segment_candidate(
+    message: Any,
+    source: str,
+    received_at: datetime,
+    limits: Limits,
+    *,
+    expected_type: str | None = None,
+    batch_sent_at: datetime | None = None,
+    batch_context: Mapping[str, Any] | None = None,
+) -> Candidate:
+    try:
+        if not isinstance(message, Mapping):
+            raise Rejected(ErrorKind.SCHEMA_VIOLATION, None, "a message must be a JSON object")
+        if expected_type is not None and message.get("type", expected_type) != expected_type:
+            raise Rejected(
+                ErrorKind.SCHEMA_VIOLATION, "type", f"this endpoint takes {expected_type}"
+            )
+        if expected_type is not None and "type" not in message:
+            message = {**message, "type": expected_type}
+        check_structure(message, limits)
+        try:
+            mapped = segment.to_touchpoint(
+                message,
+                received_at=received_at,
+                batch_sent_at=batch_sent_at,
+                batch_context=batch_context,
+            )
+        except segment.SegmentMappingError as error:
+            raise Rejected(ErrorKind.SCHEMA_VIOLATION, error.field, error.reason) from error
+        check_time(mapped.touchpoint.occurred_at, received_at=received_at, limits=limits)
+    except Rejected as rejection:
+        return Candidate(raw=message, rejection=rejection)
+    touchpoint = Touchpoint.accept(mapped.touchpoint, source=source, received_at=received_at)
+    return Candidate(raw=message, touchpoint=touchpoint, previous_id=mapped.previous_id)
+
+
+async def segment_messages(
+    intake: Intake,
+    messages: Sequence[Any],
+    source: Source,
+    *,
+    expected_type: str | None = None,
+    envelope: Mapping[str, Any] | None = None,
+) -> SegmentAccepted:
+    received_at = datetime.now(UTC)
+    batch_sent_at: datetime | None = None
+    batch_context: Mapping[str, Any] | None = None
+    if envelope is not None:
+        _, batch_sent_at, batch_context = segment.split_batch(envelope)
+    candidates = [
+        segment_candidate(
+            m,
+            source.name,
+            received_at,
+            intake.limits,
+            expected_type=expected_type,
+            batch_sent_at=batch_sent_at,
+            batch_context=batch_context,
+        )
+        for m in messages
+    ]
+    outcomes = await intake.accept(candidates, source.name, intake="http")
+    if expected_type is not None and candidates[0].rejection is not None:
+        raise _error(candidates[0].rejection)
+    return SegmentAccepted(results=batch_result(outcomes).results)

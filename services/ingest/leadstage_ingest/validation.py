@@ -1,0 +1,133 @@
+"""Turning untrusted JSON into a touchpoint, or a rejection that names the reason.
+
+The same function serves HTTP and the Kafka raw intake, so both refuse exactly
+the same records for exactly the same reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from leadstage.events import Touchpoint, TouchpointIn
+from leadstage.http import validation_details
+
+
+class ErrorKind:
+    JSON_INVALID = "json_invalid"
+    SCHEMA_VIOLATION = "schema_violation"
+    SIZE_VIOLATION = "size_violation"
+    UNKNOWN_WRITE_KEY = "unknown_write_key"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    LIMIT_EXCEEDED = "limit_exceeded"
+
+
+class Rejected(Exception):  # noqa: N818 - a domain outcome, not an error of ours
+    """A record refused at intake: kind, field (dotted) and a reason for humans."""
+
+    def __init__(self, kind: str, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_event_bytes: int = 32 * 1024
+    max_depth: int = 8
+    max_properties: int = 200
+    max_future: timedelta = timedelta(days=1)
+    horizon: timedelta = timedelta(days=730)
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Rejected(ErrorKind.JSON_INVALID, None, str(error)) from error
+
+
+def check_structure(value: object, limits: Limits, path: str = "") -> None:
+    """Depth, key count and NUL characters (PostgreSQL's JSONB refuses \\u0000)."""
+    counted = 0
+
+    def walk(node: object, where: str, depth: int) -> None:
+        nonlocal counted
+        if depth > limits.max_depth:
+            raise Rejected(
+                ErrorKind.LIMIT_EXCEEDED,
+                where or None,
+                f"nested deeper than {limits.max_depth} levels",
+            )
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise Rejected(
+                    ErrorKind.SCHEMA_VIOLATION,
+                    where or None,
+                    "strings may not contain NUL characters",
+                )
+        elif isinstance(node, Mapping):
+            for key, child in node.items():
+                counted += 1
+                if counted > limits.max_properties:
+                    raise Rejected(
+                        ErrorKind.LIMIT_EXCEEDED,
+                        where or None,
+                        f"more than {limits.max_properties} fields",
+                    )
+                if "\x00" in str(key):
+                    raise Rejected(
+                        ErrorKind.SCHEMA_VIOLATION,
+                        where or None,
+                        "field names may not contain NUL characters",
+                    )
+                walk(child, f"{where}.{key}" if where else str(key), depth + 1)
+        elif isinstance(node, list):
+            for i, child in enumerate(node):
+                walk(child, f"{where}.{i}" if where else str(i), depth + 1)
+
+    walk(value, path, 0)
+
+
+def to_touchpoint(
+    event: object, *, source: str, received_at: datetime, limits: Limits
+) -> Touchpoint:
+    """Validate one event in schema v1 and stamp it with its source and arrival time."""
+    if not isinstance(event, Mapping):
+        raise Rejected(ErrorKind.SCHEMA_VIOLATION, None, "an event must be a JSON object")
+    size = len(json.dumps(event, separators=(",", ":"), default=str).encode())
+    if size > limits.max_event_bytes:
+        raise Rejected(
+            ErrorKind.SIZE_VIOLATION,
+            None,
+            f"the event is {size} bytes; the limit is {limits.max_event_bytes}",
+        )
+    check_structure(event, limits)
+    try:
+        incoming = TouchpointIn.model_validate(event)
+    except ValidationError as error:
+        first = validation_details(error.errors())[0]
+        raise Rejected(ErrorKind.SCHEMA_VIOLATION, first.field, first.reason) from error
+    check_time(incoming.occurred_at, received_at=received_at, limits=limits)
+    return Touchpoint.accept(incoming, source=source, received_at=received_at)
+
+
+def check_time(occurred_at: datetime, *, received_at: datetime, limits: Limits) -> None:
+    if occurred_at > received_at + limits.max_future:
+        raise Rejected(
+            ErrorKind.TIMESTAMP_OUT_OF_RANGE,
+            "occurred_at",
+            f"more than {limits.max_future} in the future",
+        )
+    if occurred_at < received_at - limits.horizon:
+        raise Rejected(
+            ErrorKind.TIMESTAMP_OUT_OF_RANGE,
+            "occurred_at",
+            f"older than the {limits.horizon.days}-day horizon",
+        )

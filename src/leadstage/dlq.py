@@ -1,0 +1,96 @@
+"""``leadstage dlq inspect|replay``: look at dead letters, and send them back after a fix.
+
+Dead letters keep the original bytes of the record and, in the ``leadstage.dlq``
+header, why it was refused (error kind, field, message, source, and where it
+came from). ``replay`` republishes the original payloads to the raw topic with
+their source, so ingest checks them again exactly as it did the first time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from leadstage.db.session import SessionFactory
+from leadstage.settings import ServiceSettings
+from leadstage.transport import create_publisher, create_source
+from leadstage.transport.base import OutgoingRecord, Record, TopicPartition
+
+
+class _FromStart:
+    async def on_assigned(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
+        return {}
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+
+def reason_of(record: Record) -> dict[str, Any]:
+    try:
+        reason = json.loads(record.headers.get("leadstage.dlq", "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return reason if isinstance(reason, dict) else {}
+
+
+async def dead_letters(
+    settings: ServiceSettings, sessions: SessionFactory, *, idle_seconds: float = 3.0
+) -> AsyncIterator[Record]:
+    """Every dead letter, oldest first per partition; ends after ``idle_seconds`` of quiet."""
+    source = create_source(
+        settings,
+        sessions,
+        topic=settings.dead_letter_topic,
+        group=f"leadstage-dlq-inspect-{time.time_ns()}",
+    )
+    await source.start(_FromStart())
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_seconds:
+            records = await source.getmany(timeout_ms=500, max_records=500)
+            if records:
+                quiet_since = time.monotonic()
+            for record in records:
+                yield record
+    finally:
+        await source.stop()
+
+
+def describe(record: Record, *, payload_chars: int = 300) -> dict[str, Any]:
+    return {
+        "partition": record.partition,
+        "offset": record.offset,
+        **reason_of(record),
+        "payload": record.value.decode(errors="replace")[:payload_chars],
+    }
+
+
+async def replay(
+    settings: ServiceSettings, sessions: SessionFactory, *, kind: str | None = None
+) -> int:
+    """Republish ingest's dead letters (optionally of one error kind) to the raw topic."""
+    publisher = create_publisher(settings, sessions)
+    await publisher.start()
+    replayed = 0
+    try:
+        batch: list[OutgoingRecord] = []
+        async for record in dead_letters(settings, sessions):
+            reason = reason_of(record)
+            if reason.get("rejected_by") != "ingest" or (kind and reason.get("error_kind") != kind):
+                continue
+            headers = {"leadstage.replayed-from": f"{record.partition}:{record.offset}"}
+            if reason.get("source"):
+                headers["source"] = str(reason["source"])
+            batch.append(OutgoingRecord(key=record.key or b"", value=record.value, headers=headers))
+            if len(batch) >= 500:
+                await publisher.publish(settings.raw_touchpoints_topic, batch)
+                replayed += len(batch)
+                batch = []
+        if batch:
+            await publisher.publish(settings.raw_touchpoints_topic, batch)
+            replayed += len(batch)
+    finally:
+        await publisher.stop()
+    return replayed
