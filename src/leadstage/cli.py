@@ -57,7 +57,8 @@ def _serve(role: str) -> int:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-    return 0
+    # A process whose work loop failed exits non-zero, so supervisors restart it.
+    return 1 if getattr(app.state, "failed", False) else 0
 
 
 def _with_database(

@@ -140,10 +140,16 @@ async def test_publishing_while_the_log_is_concurrently_appended_keeps_offsets_d
                 ],
             )
 
-    await asyncio.gather(*(writer(n) for n in range(4)))
+    try:
+        await asyncio.gather(*(writer(n) for n in range(4)))
+    finally:
+        await publisher.stop()
     source = create_source(settings, sessions, topic=settings.touchpoints_topic, group="g")
     await source.start(StoredPositions())
-    records = await read_all(source, 80)
+    try:
+        records = await read_all(source, 80)
+    finally:
+        await source.stop()
     assert len(records) == 80
     for partition in (0, 1):
         offsets = [r.offset for r in records if r.partition == partition]

@@ -187,9 +187,11 @@ async def revert_merge(session: AsyncSession, merge_id: int) -> bool:
             )
             .values(lead_id=merge.from_lead)
         )
-    await session.execute(
-        delete(Identity).where(Identity.kind == "lead_id", Identity.value == merge.from_lead)
-    )
+    if ["lead_id", merge.from_lead] not in merge.moved:
+        # The merge created the old id's forwarding entry; restoring means removing it.
+        await session.execute(
+            delete(Identity).where(Identity.kind == "lead_id", Identity.value == merge.from_lead)
+        )
     merge.reverted_at = func.now()
     return True
 

@@ -64,9 +64,7 @@ def parse_object(body: bytes) -> Mapping[str, Any]:
     return parsed
 
 
-def body_write_key(message: Mapping[str, Any]) -> str | None:
-    key = message.get("writeKey")
-    return key if isinstance(key, str) and key else None
+body_write_key = segment.body_write_key
 
 
 def native_candidate(raw: Any, source: str, received_at: datetime, limits: Limits) -> Candidate:

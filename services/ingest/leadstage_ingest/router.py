@@ -113,7 +113,7 @@ async def post_batch(request: Request, response: Response, key: PresentedKey) ->
     return result
 
 
-SEGMENT_TYPES = ("track", "identify", "page", "group", "alias")
+SEGMENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
 
 def _segment_route(message_type: str) -> None:

@@ -40,7 +40,7 @@ from leadstage.credentials import Source, find_write_key
 from leadstage.db.models import IngestDedup
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.events import Touchpoint
-from leadstage.http import ApiError
+from leadstage.http import ApiError, ErrorDetail
 from leadstage.settings import IngestSettings
 from leadstage.transport.base import OutgoingRecord, Publisher, TransportUnavailableError
 from leadstage_ingest import metrics
@@ -287,12 +287,13 @@ class Intake:
         try:
             async with unit_of_work(self._sessions) as session:
                 fresh_ids = await claim_event_ids(session, [tp for _, _, tp in valid])
-                seen: set[str] = set()
+                seen: set[tuple[str, str]] = set()
                 fresh: list[tuple[int, Candidate, Touchpoint]] = []
                 outcomes: dict[int, EventOutcome] = {}
                 for i, candidate, touchpoint in valid:
-                    if touchpoint.event_id in fresh_ids and touchpoint.event_id not in seen:
-                        seen.add(touchpoint.event_id)
+                    key = (touchpoint.source, touchpoint.event_id)
+                    if key in fresh_ids and key not in seen:
+                        seen.add(key)
                         fresh.append((i, candidate, touchpoint))
                     else:
                         outcomes[i] = EventOutcome("duplicate", event_id=touchpoint.event_id)
@@ -326,27 +327,42 @@ class Intake:
                     )
                 return outcomes
         except (TransportUnavailableError, SQLAlchemyTimeoutError) as error:
-            raise self._unavailable(
+            unavailable = self._unavailable(
                 "The event log did not acknowledge the events; none was accepted. "
                 "Retry with the same event_ids."
-            ) from error
+            )
+            # Ids the client did not choose are generated here: tell it which, so
+            # that its retry is recognised as the same events.
+            unavailable.details = [
+                ErrorDetail(
+                    field=f"{i}.event_id" if len(valid) > 1 else "event_id",
+                    reason=f"retry with event_id {tp.event_id}",
+                )
+                for i, _, tp in valid
+            ]
+            raise unavailable from error
 
 
-async def claim_event_ids(session: AsyncSession, touchpoints: Sequence[Touchpoint]) -> set[str]:
+async def claim_event_ids(
+    session: AsyncSession, touchpoints: Sequence[Touchpoint]
+) -> set[tuple[str, str]]:
     """Claim each event_id; return those not seen before inside the window.
 
     The rows stay locked until the transaction ends, so a concurrent request
     with the same event_id waits for this one and then sees a duplicate (or,
     if this one rolled back, claims it itself).
     """
-    rows = {tp.event_id: {"event_id": tp.event_id, "source": tp.source} for tp in touchpoints}
-    claimed = await session.scalars(
+    rows = {
+        (tp.source, tp.event_id): {"source": tp.source, "event_id": tp.event_id}
+        for tp in touchpoints
+    }
+    claimed = await session.execute(
         insert(IngestDedup)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(IngestDedup.event_id, sort_by_parameter_order=True),
+        .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        .returning(IngestDedup.source, IngestDedup.event_id),
         list(rows.values()),
     )
-    return set(claimed.all())
+    return {(source, event_id) for source, event_id in claimed}
 
 
 async def prune_dedup(session: AsyncSession, *, older_than: timedelta) -> int:

@@ -14,6 +14,7 @@ class TransitionView(BaseModel):
     to_stage: str
     kind: str = Field(description="entered, advanced, skipped, regressed, exited or reentered.")
     rule: str
+    source: str = Field(description="The source (write key) that sent the event.")
     event_id: str
     event_type: str
     occurred_at: datetime
@@ -36,6 +37,7 @@ class LeadView(BaseModel):
                             "to_stage": "Awareness",
                             "kind": "entered",
                             "rule": "first-visit",
+                            "source": "website",
                             "event_id": "e-1",
                             "event_type": "page_view",
                             "occurred_at": "2026-11-18T14:02:00+01:00",
@@ -45,6 +47,7 @@ class LeadView(BaseModel):
                             "to_stage": "Action",
                             "kind": "skipped",
                             "rule": "converted-on-cta",
+                            "source": "website",
                             "event_id": "e-2",
                             "event_type": "demo_requested",
                             "occurred_at": "2026-11-20T09:15:00+01:00",

@@ -43,6 +43,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
     def _exit_on_crash(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             logger.error("stage engine failed", exc_info=task.exception())
+            app.state.failed = True  # `leadstage engine` then exits with status 1
             # Let uvicorn shut down cleanly; the supervisor restarts the process,
             # which resumes from the offsets stored in PostgreSQL.
             os.kill(os.getpid(), signal.SIGTERM)
@@ -62,6 +63,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
             await database.dispose()
 
     app = FastAPI(title="LeadStage stage engine", lifespan=lifespan, docs_url=None)
+    app.state.failed = False
     install_error_handlers(app)
     app.include_router(
         health_router(lambda: {"database": lambda: ping(database), "transport": source.ping})

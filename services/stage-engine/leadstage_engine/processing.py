@@ -93,14 +93,14 @@ async def _store_touchpoints(
 ) -> list[Touchpoint]:
     """Insert the touchpoints; return those not stored before, in arrival order.
 
-    The primary key on event_id makes a redelivered or re-sent event a no-op.
+    The primary key on (source, event_id) makes a redelivered or re-sent event a no-op.
     """
     if not parsed:
         return []
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for record, touchpoint in parsed:
         rows.setdefault(
-            touchpoint.event_id,
+            (touchpoint.source, touchpoint.event_id),
             {
                 "event_id": touchpoint.event_id,
                 "lead_key": touchpoint.lead_key,
@@ -116,17 +116,18 @@ async def _store_touchpoints(
         )
     # executemany form: SQLAlchemy batches it as "insertmanyvalues" with RETURNING,
     # which compiles once instead of a statement per batch size.
-    inserted = await session.scalars(
+    inserted = await session.execute(
         insert(StoredTouchpoint)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(StoredTouchpoint.event_id),
+        .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        .returning(StoredTouchpoint.source, StoredTouchpoint.event_id),
         list(rows.values()),
     )
-    new_ids = set(inserted.all())
+    new_ids = {(source, event_id) for source, event_id in inserted}
     fresh: list[Touchpoint] = []
     for _, touchpoint in parsed:
-        if touchpoint.event_id in new_ids:
-            new_ids.discard(touchpoint.event_id)  # a repeat inside the batch counts once
+        key = (touchpoint.source, touchpoint.event_id)
+        if key in new_ids:
+            new_ids.discard(key)  # a repeat inside the batch counts once
             fresh.append(touchpoint)
     return fresh
 
@@ -192,6 +193,7 @@ async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[
                 "to_stage": transition.to_stage,
                 "kind": transition.kind.value,
                 "rule": transition.rule,
+                "source": touchpoint.source,
                 "event_id": touchpoint.event_id,
                 "event_type": touchpoint.type,
                 "occurred_at": touchpoint.occurred_at,

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -71,16 +71,20 @@ class ApiToken(Base):
 
 
 class StoredTouchpoint(Base):
-    """Every touchpoint the engine consumed, once (the primary key deduplicates)."""
+    """Every touchpoint the engine consumed, once (the primary key deduplicates).
+
+    Event ids are unique per source: two sources may both number their events
+    1, 2, 3 without one suppressing the other's.
+    """
 
     __tablename__ = "touchpoints"
 
+    source: Mapped[str] = mapped_column(String(255), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     lead_key: Mapped[str] = mapped_column(String(262), index=True)
     type: Mapped[str] = mapped_column(String(120))
     occurred_at: Mapped[datetime] = mapped_column(Timestamp)
     received_at: Mapped[datetime] = mapped_column(Timestamp)
-    source: Mapped[str] = mapped_column(String(255))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     topic: Mapped[str] = mapped_column(String(249))
     partition: Mapped[int] = mapped_column(Integer)
@@ -115,9 +119,8 @@ class LeadTransition(Base):
     to_stage: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(20))
     rule: Mapped[str] = mapped_column(String(100))
-    event_id: Mapped[str] = mapped_column(
-        String(255), ForeignKey("touchpoints.event_id", ondelete="CASCADE")
-    )
+    source: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))
     event_type: Mapped[str] = mapped_column(String(120))
     occurred_at: Mapped[datetime] = mapped_column(Timestamp)
     recorded_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
@@ -125,7 +128,12 @@ class LeadTransition(Base):
     __table_args__ = (
         # One event moves a lead at most once per funnel: a redelivered event
         # can never add a second transition.
-        UniqueConstraint("funnel", "event_id"),
+        UniqueConstraint("funnel", "source", "event_id"),
+        ForeignKeyConstraint(
+            ["source", "event_id"],
+            ["touchpoints.source", "touchpoints.event_id"],
+            ondelete="CASCADE",
+        ),
         Index("ix_lead_transitions_lead", "funnel", "lead_key", "occurred_at", "id"),
     )
 
@@ -179,8 +187,8 @@ class IngestDedup(Base):
 
     __tablename__ = "ingest_dedup"
 
+    source: Mapped[str] = mapped_column(String(255), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    source: Mapped[str] = mapped_column(String(255))
     accepted_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now(), index=True)
 
 

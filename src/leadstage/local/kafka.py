@@ -210,7 +210,7 @@ class LocalKafka:
         return True
 
     def stop(self) -> bool:
-        return stop_pid(self.pid_file)
+        return stop_pid(self.pid_file, expect=str(self.root / "server.properties"))
 
 
 def wait_until_serving(bootstrap_servers: str, *, timeout: float = 60.0) -> None:

@@ -6,11 +6,13 @@ import importlib.util
 import os
 import pwd
 import re
+import shlex
 import shutil
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from leadstage.local.process import port_open, wait_for_port
 
@@ -57,6 +59,7 @@ class LocalPostgres:
                 [
                     "/usr/sbin/useradd",
                     "--system",
+                    "--user-group",
                     "--no-create-home",
                     "--shell",
                     "/usr/sbin/nologin",
@@ -98,7 +101,7 @@ class LocalPostgres:
                 ],
                 check=True,
                 capture_output=True,
-                user=run_as,
+                **_as_user(run_as),
             )
         subprocess.run(  # noqa: S603
             [
@@ -111,12 +114,13 @@ class LocalPostgres:
                 "-t",
                 "60",
                 "-o",
-                f"-h {self.host} -p {self.port} -k {self.root}",
+                # pg_ctl passes this through a shell: quote the path.
+                f"-h {self.host} -p {self.port} -k {shlex.quote(str(self.root))}",
                 "start",
             ],
             check=True,
             capture_output=True,
-            user=run_as,
+            **_as_user(run_as),
         )
         wait_for_port(self.host, self.port, timeout=30, what="PostgreSQL", log=self.log_file)
         return True
@@ -128,7 +132,7 @@ class LocalPostgres:
             [str(self.bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
             check=False,
             capture_output=True,
-            user=self._run_as(),
+            **_as_user(self._run_as()),
         )
         return True
 
@@ -183,3 +187,8 @@ def _check_database_name(name: str) -> None:
     # Names go into SQL text (psql cannot bind identifiers): allow only plain ones.
     if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
         raise ValueError(f"not a safe database name: {name!r}")
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that drop every root group too (``user=`` alone keeps gid 0)."""
+    return {"user": user, "group": user, "extra_groups": []} if user else {}

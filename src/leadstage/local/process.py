@@ -38,10 +38,21 @@ def read_pid(pid_file: Path) -> int | None:
     return pid
 
 
-def stop_pid(pid_file: Path, *, timeout: float = 30.0) -> bool:
-    """SIGTERM the process in ``pid_file`` (SIGKILL after ``timeout``). True if one ran."""
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop_pid(pid_file: Path, *, expect: str, timeout: float = 30.0) -> bool:
+    """SIGTERM the process in ``pid_file`` (SIGKILL after ``timeout``). True if one ran.
+
+    Only if its command line contains ``expect``: a recorded pid may have been
+    reused by an unrelated process since.
+    """
     pid = read_pid(pid_file)
-    if pid is None:
+    if pid is None or expect not in _command_line(pid):
         pid_file.unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from itertools import groupby
 
 from aiokafka.partitioner import murmur2
-from sqlalchemy import ColumnElement, and_, or_, select, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
@@ -140,13 +140,28 @@ class PostgresLogSource:
             await asyncio.sleep(POLL_INTERVAL_SECONDS)
 
     async def _read(self, max_records: int) -> list[Record]:
-        log = EventLogRecord
+        # Each partition gets its share of the batch, so a backlog on one partition
+        # does not starve the others (one query, a LATERAL read per partition).
+        partitions = sorted(self._positions)
+        per_partition = max(1, max_records // len(partitions))
         async with self._sessions() as session:
             rows = await session.execute(
-                select(log.topic, log.partition, log.offset, log.key, log.value, log.headers)
-                .where(_after_positions(self._positions))
-                .order_by(log.partition, log.offset)
-                .limit(max_records)
+                text(
+                    "SELECT l.topic, l.partition, l.offset, l.key, l.value, l.headers "
+                    "FROM unnest(CAST(:partitions AS int[]), CAST(:offsets AS bigint[])) "
+                    "  AS p(partition, next_offset) "
+                    "CROSS JOIN LATERAL ("
+                    "  SELECT * FROM event_log e WHERE e.topic = :topic "
+                    "  AND e.partition = p.partition AND e.offset >= p.next_offset "
+                    "  ORDER BY e.offset LIMIT :per_partition) AS l "
+                    "ORDER BY l.partition, l.offset"
+                ),
+                {
+                    "topic": self._topic,
+                    "partitions": [tp.partition for tp in partitions],
+                    "offsets": [self._positions[tp] for tp in partitions],
+                    "per_partition": per_partition,
+                },
             )
             records = [
                 Record(
@@ -168,18 +183,6 @@ class PostgresLogSource:
 
     async def ping(self) -> None:
         await _ping(self._sessions)
-
-
-def _after_positions(positions: Mapping[TopicPartition, int]) -> ColumnElement[bool]:
-    """Records at or beyond each partition's position: one OR branch per partition
-    keeps the primary-key index usable."""
-    log = EventLogRecord
-    return or_(
-        *[
-            and_(log.topic == tp.topic, log.partition == tp.partition, log.offset >= offset)
-            for tp, offset in positions.items()
-        ]
-    )
 
 
 async def ensure_log_partitions(
