@@ -137,12 +137,13 @@ class RawIntake:
             payload = parse_json(record.value)
         except Rejected as rejection:
             return "unknown", Candidate(
-                raw=record.value.decode(errors="replace"), rejection=rejection, origin=origin
+                raw=None, rejection=rejection, origin=origin, original=record.value
             )
         sender = await self._sender(record, payload)
         if sender is None:
             return "unknown", Candidate(
                 raw=payload,
+                original=record.value,
                 origin=origin,
                 rejection=Rejected(
                     ErrorKind.UNKNOWN_WRITE_KEY,
@@ -161,6 +162,7 @@ class RawIntake:
                 payload = {**payload, "event_id": fallback_id}
             candidate = native_candidate(payload, sender.name, received_at, limits)
         candidate.origin = origin
+        candidate.original = record.value  # dead letters keep the bytes as produced
         return sender.name, candidate
 
 

@@ -71,6 +71,7 @@ class Candidate:
     rejection: Rejected | None = None
     previous_id: str | None = None  # Segment alias
     origin: Mapping[str, Any] = field(default_factory=dict)  # where it came from (DLQ)
+    original: bytes | None = None  # the record's bytes as received, when known
 
 
 def limits_from(settings: IngestSettings) -> Limits:
@@ -177,6 +178,8 @@ class DeadLetters:
             "rejected_at": datetime.now(UTC).isoformat(),
             **candidate.origin,
         }
+        if raw is None:
+            raw = candidate.original
         value = raw if raw is not None else json.dumps(candidate.raw, default=str).encode()
         record = OutgoingRecord(
             key=(source or "").encode(),

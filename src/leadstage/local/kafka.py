@@ -8,6 +8,7 @@ broker is then run exactly as ``bin/kafka-storage.sh format`` and
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -197,20 +198,31 @@ class LocalKafka:
                 check=True,
                 capture_output=True,
             )
-        with self.log_file.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603
-                self._java(libs, "kafka.Kafka", str(config), heap="768m"),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # outlives `leadstage services up`
-            )
-        self.pid_file.write_text(str(process.pid))
+        # Detached through a short-lived shell: the broker is re-parented to init, so it
+        # outlives this command and leaves no child process for us to reap.
+        launcher = subprocess.run(  # noqa: S603
+            [
+                "/bin/sh",
+                "-c",
+                'nohup "$@" >>"$BROKER_LOG" 2>&1 </dev/null & echo $!',
+                "sh",
+                *self._java(libs, "kafka.Kafka", str(config), heap="768m"),
+            ],
+            env={**os.environ, "BROKER_LOG": str(self.log_file)},
+            check=True,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+        )
+        self.pid_file.write_text(launcher.stdout.strip())
         wait_for_port(self.host, self.port, timeout=90, what="Kafka", log=self.log_file)
         return True
 
-    def stop(self) -> bool:
-        return stop_pid(self.pid_file, expect=str(self.root / "server.properties"))
+    def stop(self, *, grace_seconds: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL after ``grace_seconds`` (0: kill at once, as in a crash)."""
+        return stop_pid(
+            self.pid_file, expect=str(self.root / "server.properties"), timeout=grace_seconds
+        )
 
 
 def wait_until_serving(bootstrap_servers: str, *, timeout: float = 60.0) -> None:

@@ -55,7 +55,7 @@ def stop_pid(pid_file: Path, *, expect: str, timeout: float = 30.0) -> bool:
     if pid is None or expect not in _command_line(pid):
         pid_file.unlink(missing_ok=True)
         return False
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and read_pid(pid_file) is not None:
         time.sleep(0.2)
