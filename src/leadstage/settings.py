@@ -117,8 +117,16 @@ class IngestSettings(ServiceSettings):
         default=True, description="Consume the raw topic (Kafka transport only)."
     )
     raw_intake_group: str = "leadstage-ingest-raw"
+    segment_event_types: dict[str, str] = Field(
+        default_factory=dict,
+        description="Segment track event names mapped to touchpoint types, over the defaults; "
+        'JSON, e.g. {"Pricing Viewed": "page_view", "Booth Scan": "custom:booth_scan"}.',
+    )
+    group_commit_workers: int = Field(
+        default=4, ge=1, le=64, description="Intake transactions running at once."
+    )
     produce_timeout_seconds: float = Field(default=5.0, gt=0)
-    max_in_flight: int = Field(default=1000, ge=1)
+    max_in_flight: int = Field(default=20_000, ge=1)
     retry_after_seconds: int = Field(default=5, ge=1)
     write_key_cache_seconds: float = Field(default=30.0, ge=0)
 

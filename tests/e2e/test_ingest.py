@@ -406,3 +406,32 @@ async def test_the_kafka_raw_intake_forwards_valid_records_and_dead_letters_the_
     ]
     assert all(letter["source_topic"] == settings.raw_touchpoints_topic for letter in letters)
     assert all(isinstance(letter["source_offset"], int) for letter in letters)
+
+
+async def test_dlq_inspect_lists_dead_letters_with_their_reason(stack: Stack) -> None:
+    marker = tag()
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{stack.ingest.url}/v1/events",
+            headers=stack.write_headers,
+            json={"type": "page_view", "lead_id": marker, "occurred_at": "not a time"},
+        )
+    assert response.status_code == 422
+    deadline = time.monotonic() + 20
+    mine: list[dict[str, Any]] = []
+    while not mine and time.monotonic() < deadline:
+        output = await asyncio.to_thread(
+            leadstage_cli,
+            "dlq",
+            "inspect",
+            "--kind",
+            "schema_violation",
+            "--limit",
+            "100000",
+            env=stack.env,
+        )
+        entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+        mine = [e for e in entries if marker in e["payload"]]
+    assert mine, "the rejected event is not listed"
+    assert mine[0]["field"] == "occurred_at"
+    assert mine[0]["source"] == "e2e"

@@ -831,3 +831,12 @@ def test_the_default_config_is_used_by_default() -> None:
     other_zone = timezone(timedelta(hours=9))
     mapped = to_touchpoint(message(), received_at=NOW.astimezone(other_zone))
     assert mapped.touchpoint.occurred_at == NOW
+
+
+def test_event_types_can_be_overridden_and_extended() -> None:
+    from leadstage_ingest.segment import with_event_types
+
+    config = with_event_types({"demo requested": "call", "Booth Scan": "custom:booth_scan"})
+    assert config.type_for_event("Demo Requested") == "call"
+    assert config.type_for_event("Booth Scan") == "custom:booth_scan"
+    assert config.type_for_event("Webinar Registered") == "webinar_registered"  # default kept

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Response
@@ -14,7 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
 from leadstage.credentials import allowed_origins
-from leadstage.db.session import SessionFactory, create_engine, create_session_factory, ping
+from leadstage.db.session import (
+    SessionFactory,
+    create_engine,
+    create_session_factory,
+    ping,
+    unit_of_work,
+)
 from leadstage.events import TouchpointIn
 from leadstage.http import BodySizeLimitMiddleware, health_router, install_error_handlers
 from leadstage.settings import IngestSettings
@@ -23,7 +30,7 @@ from leadstage.transport.kafka import KafkaRecordSource
 from leadstage_ingest.raw_intake import RawIntake
 from leadstage_ingest.router import router
 from leadstage_ingest.schemas import EventBatch
-from leadstage_ingest.service import DeadLetters, Intake, RateLimits, WriteKeys
+from leadstage_ingest.service import DeadLetters, Intake, RateLimits, WriteKeys, prune_dedup
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +64,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
         dead_letters.start()
         write_keys = WriteKeys(sessions, settings.write_key_cache_seconds)
         intake = Intake(settings, sessions, publisher, dead_letters)
+        intake.start()
         app.state.settings = settings
         app.state.write_keys = write_keys
         app.state.rate_limits = RateLimits(settings.rate_limit_per_second)
         app.state.origins = AllowedOrigins(sessions, settings.write_key_cache_seconds)
         app.state.intake = intake
+        pruning = asyncio.create_task(
+            _prune_dedup_forever(sessions, timedelta(days=settings.dedup_window_days)),
+            name="dedup-pruning",
+        )
         raw_task: asyncio.Task[None] | None = None
         raw: RawIntake | None = None
         if settings.transport == "kafka" and settings.raw_intake_enabled:
@@ -82,6 +94,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 for task in pending:  # e.g. still trying to reach the broker
                     task.cancel()
                 await asyncio.gather(raw_task, return_exceptions=True)
+            pruning.cancel()
+            await asyncio.gather(pruning, return_exceptions=True)
+            await intake.stop()
             await dead_letters.stop()
             await publisher.stop()  # flushes anything still buffered
             await database.dispose()
@@ -113,6 +128,19 @@ def create_app(settings: IngestSettings) -> FastAPI:
 
     _document_bodies(app)
     return app
+
+
+async def _prune_dedup_forever(sessions: SessionFactory, window: timedelta) -> None:
+    """Forget event ids older than the deduplication window, hourly."""
+    while True:
+        try:
+            async with unit_of_work(sessions) as session:
+                pruned = await prune_dedup(session, older_than=window)
+            if pruned:
+                logger.info("pruned %s event ids older than %s", pruned, window)
+        except Exception:
+            logger.exception("pruning the deduplication window failed")
+        await asyncio.sleep(3600)
 
 
 async def _keep_running(raw: RawIntake) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadstage.db.models import Account, Identity, IdentityMerge, LeadAccount
+from leadstage.db.models import Account, Identity, IdentityMerge, LeadAccount, table
 from leadstage.events import Account as AccountIn
 from leadstage.events import Touchpoint
 
@@ -108,8 +108,11 @@ class _Resolver:
     async def flush_new(self) -> None:
         if self.new:
             await self.session.execute(
-                insert(Identity).on_conflict_do_nothing(),
-                [{"kind": k, "value": v, "lead_id": lead} for (k, v), lead in self.new.items()],
+                insert(table(Identity)).on_conflict_do_nothing(),
+                [
+                    {"kind": k, "value": v, "lead_id": lead}
+                    for (k, v), lead in sorted(self.new.items())
+                ],
             )
             self.new.clear()
 
@@ -273,8 +276,11 @@ async def attach_accounts(
         result[event_id] = account.model_copy(update={"id": account_id})
 
     columns = ("domain", "name", "industry", "employee_count", "country", "tier")
-    rows = [{"id": r["id"], **{c: r.get(c) for c in columns}} for r in upserts.values()]
-    statement = insert(Account)
+    rows = [
+        {"id": r["id"], **{c: r.get(c) for c in columns}}
+        for _, r in sorted(upserts.items())  # one lock order across concurrent groups
+    ]
+    statement = insert(table(Account))
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=["id"],
@@ -288,7 +294,7 @@ async def attach_accounts(
         ),
         rows,
     )
-    link_statement = insert(LeadAccount)
+    link_statement = insert(table(LeadAccount))
     await session.execute(
         link_statement.on_conflict_do_update(
             index_elements=["lead_id"],
@@ -301,6 +307,6 @@ async def attach_accounts(
             where=(LeadAccount.attached_by == "email_domain")
             | (link_statement.excluded.attached_by == "explicit"),
         ),
-        list(links.values()),
+        [links[lead] for lead in sorted(links)],
     )
     return result

@@ -67,9 +67,22 @@ def parse_object(body: bytes) -> Mapping[str, Any]:
 body_write_key = segment.body_write_key
 
 
-def native_candidate(raw: Any, source: str, received_at: datetime, limits: Limits) -> Candidate:
+def native_candidate(
+    raw: Any,
+    source: str,
+    received_at: datetime,
+    limits: Limits,
+    *,
+    size_known_below: int | None = None,
+) -> Candidate:
     try:
-        touchpoint = to_touchpoint(raw, source=source, received_at=received_at, limits=limits)
+        touchpoint = to_touchpoint(
+            raw,
+            source=source,
+            received_at=received_at,
+            limits=limits,
+            size_known_below=size_known_below,
+        )
     except Rejected as rejection:
         return Candidate(raw=raw, rejection=rejection)
     return Candidate(raw=raw, touchpoint=touchpoint)
@@ -84,7 +97,9 @@ async def single_event(intake: Intake, body: bytes, source: Source) -> EventResu
             Candidate(raw=None, rejection=rejection), source=source.name, raw=body
         )
         raise _error(rejection) from rejection
-    candidate = native_candidate(raw, source.name, received_at, intake.limits)
+    candidate = native_candidate(
+        raw, source.name, received_at, intake.limits, size_known_below=len(body)
+    )
     [outcome] = await intake.accept([candidate], source.name, intake="http")
     if candidate.rejection is not None:
         raise _error(candidate.rejection)
@@ -126,9 +141,14 @@ def batch_result(outcomes: Sequence[EventOutcome]) -> BatchResult:
     )
 
 
-async def native_batch(intake: Intake, events: Sequence[Any], source: Source) -> BatchResult:
+async def native_batch(
+    intake: Intake, events: Sequence[Any], source: Source, *, body_size: int
+) -> BatchResult:
     received_at = datetime.now(UTC)
-    candidates = [native_candidate(e, source.name, received_at, intake.limits) for e in events]
+    candidates = [
+        native_candidate(e, source.name, received_at, intake.limits, size_known_below=body_size)
+        for e in events
+    ]
     return batch_result(await intake.accept(candidates, source.name, intake="http"))
 
 
@@ -159,6 +179,7 @@ def segment_candidate(
     expected_type: str | None = None,
     batch_sent_at: datetime | None = None,
     batch_context: Mapping[str, Any] | None = None,
+    config: segment.SegmentMappingConfig = segment.DEFAULT_CONFIG,
 ) -> Candidate:
     try:
         if not isinstance(message, Mapping):
@@ -174,6 +195,7 @@ def segment_candidate(
             mapped = segment.to_touchpoint(
                 message,
                 received_at=received_at,
+                config=config,
                 batch_sent_at=batch_sent_at,
                 batch_context=batch_context,
             )
@@ -208,6 +230,7 @@ async def segment_messages(
             expected_type=expected_type,
             batch_sent_at=batch_sent_at,
             batch_context=batch_context,
+            config=intake.segment_config,
         )
         for m in messages
     ]

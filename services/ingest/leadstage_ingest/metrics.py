@@ -24,4 +24,14 @@ PRODUCE_SECONDS = Histogram(
     "Time from handing a batch to the event log to its durable acknowledgement.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+GROUP_EVENTS = Histogram(
+    "leadstage_ingest_group_events",
+    "Events per group commit (one transaction and one produce batch).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+GROUP_SECONDS = Histogram(
+    "leadstage_ingest_group_seconds",
+    "Duration of one group commit: claim, resolve, produce, commit.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 IN_FLIGHT = Gauge("leadstage_ingest_in_flight", "Events waiting for the event log's ack.")

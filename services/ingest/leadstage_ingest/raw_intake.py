@@ -156,7 +156,9 @@ class RawIntake:
         limits = self._intake.limits
         if isinstance(payload, Mapping) and is_segment_shaped(payload):
             message = {"messageId": fallback_id, **payload}
-            candidate = segment_candidate(message, sender.name, received_at, limits)
+            candidate = segment_candidate(
+                message, sender.name, received_at, limits, config=self._intake.segment_config
+            )
         else:
             if isinstance(payload, Mapping) and "event_id" not in payload:
                 payload = {**payload, "event_id": fallback_id}

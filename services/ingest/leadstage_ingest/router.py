@@ -108,7 +108,7 @@ async def post_batch(request: Request, response: Response, key: PresentedKey) ->
     events = http_intake.parse_native_batch(body, request.app.state.settings.max_batch_events)
     source = await _authorised(request, key, len(events))
     intake: Intake = request.app.state.intake
-    result = await http_intake.native_batch(intake, events, source)
+    result = await http_intake.native_batch(intake, events, source, body_size=len(body))
     _cors(request, response, source)
     return result
 

@@ -249,6 +249,14 @@ class SegmentMappingConfig:
 DEFAULT_CONFIG: Final = SegmentMappingConfig()
 
 
+def with_event_types(overrides: Mapping[str, str]) -> SegmentMappingConfig:
+    """The default configuration with some event names mapped differently (or added);
+    ``LEADSTAGE_SEGMENT_EVENT_TYPES`` feeds this."""
+    replaced = {_event_key(name) for name in overrides}
+    kept = {k: v for k, v in DEFAULT_EVENT_TYPES.items() if _event_key(k) not in replaced}
+    return SegmentMappingConfig(event_types={**kept, **overrides})
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentMapped:
     """A mapped Segment message: the touchpoint plus what identity resolution needs."""

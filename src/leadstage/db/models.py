@@ -7,7 +7,7 @@ Alembic migrations under ``migrations/`` create these tables; nothing calls
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     UniqueConstraint,
     func,
 )
@@ -37,6 +38,11 @@ Timestamp = DateTime(timezone=True)
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Core table: bulk statements on it skip the ORM's per-row bookkeeping."""
+    return cast(Table, model.__table__)
 
 
 class WriteKey(Base):
