@@ -13,11 +13,17 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadstage.db.models import ConsumerOffset, LeadStage, LeadTransition, StoredTouchpoint
+from leadstage.db.models import (
+    ConsumerOffset,
+    LeadStage,
+    LeadTransition,
+    StoredTouchpoint,
+    table,
+)
 from leadstage.events import Touchpoint
 from leadstage.funnel import Funnel, Position
 from leadstage.http import validation_details
@@ -132,88 +138,148 @@ async def _store_touchpoints(
     return fresh
 
 
+EventKey = tuple[datetime, str, str]
+
+
+def event_key(occurred_at: datetime, source: str, event_id: str) -> EventKey:
+    """The total order the funnel sees events in: event time, then a stable tie-break."""
+    return (occurred_at, source, event_id)
+
+
 @dataclass
-class _LeadState:
+class _LeadFold:
+    """One lead's position in one funnel, folded event by event in event-time order."""
+
     position: Position | None
-    first_touch_at: datetime
-    last_touch_at: datetime
-    changed: bool = False
+    first_touch_at: datetime | None
+    last_touch_at: datetime | None
+    last_event: tuple[str, str] | None  # (source, event_id) of the last event folded
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+
+    def fold(self, funnel: Funnel, lead: str, event: _EventRow) -> None:
+        occurred_at = event.occurred_at
+        self.first_touch_at = min(self.first_touch_at or occurred_at, occurred_at)
+        self.last_touch_at = max(self.last_touch_at or occurred_at, occurred_at)
+        self.last_event = (event.source, event.event_id)
+        transition = funnel.apply(self.position, event.type)
+        if transition is None:
+            return
+        self.position = Position(transition.to_stage, occurred_at)
+        self.transitions.append(
+            {
+                "funnel": funnel.name,
+                "lead_key": lead,
+                "from_stage": transition.from_stage,
+                "to_stage": transition.to_stage,
+                "kind": transition.kind.value,
+                "rule": transition.rule,
+                "source": event.source,
+                "event_id": event.event_id,
+                "event_type": event.type,
+                "occurred_at": occurred_at,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class _EventRow:
+    source: str
+    event_id: str
+    type: str
+    occurred_at: datetime
+
+    @property
+    def key(self) -> EventKey:
+        return event_key(self.occurred_at, self.source, self.event_id)
 
 
 async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[Touchpoint]) -> int:
-    lead_keys = sorted({touchpoint.lead_key for touchpoint in fresh})
-    # FOR UPDATE: with several engine processes a lead lives on one partition,
-    # hence one process; the lock also guards replays running beside live work.
+    """Fold the batch's new events into each lead's state, in event time.
+
+    A lead whose new events all come after the last event it folded continues
+    from its stored state. A lead with a late event (one that belongs before
+    events already folded), or with no state yet, is folded again from all its
+    stored touchpoints: the result equals processing every event in time order.
+    """
+    by_lead: dict[str, list[_EventRow]] = {}
+    for tp in fresh:
+        by_lead.setdefault(tp.lead_key, []).append(
+            _EventRow(tp.source, tp.event_id, str(tp.type), tp.occurred_at)
+        )
+    lead_keys = sorted(by_lead)
+    # FOR UPDATE: a lead lives on one partition, hence one engine process; the lock
+    # also guards replays running beside live work.
     existing = await session.execute(
         select(LeadStage)
         .where(LeadStage.funnel == funnel.name, LeadStage.lead_key.in_(lead_keys))
         .with_for_update()
     )
-    states: dict[str, _LeadState] = {
-        row.lead_key: _LeadState(
-            Position(row.stage, row.stage_entered_at), row.first_touch_at, row.last_touch_at
-        )
-        for row in existing.scalars()
-    }
-    new_leads = [key for key in lead_keys if key not in states]
-    first_touches: dict[str, datetime] = {}
-    if new_leads:
-        # A lead enters the funnel with its earliest stored touch as first touch,
-        # including touches that moved it nowhere.
-        first = await session.execute(
-            select(StoredTouchpoint.lead_key, func.min(StoredTouchpoint.occurred_at))
-            .where(StoredTouchpoint.lead_key.in_(new_leads))
-            .group_by(StoredTouchpoint.lead_key)
-        )
-        first_touches = {key: at for key, at in first}
-
-    transitions: list[dict[str, object]] = []
-    for touchpoint in fresh:
-        key = touchpoint.lead_key
-        state = states.get(key)
-        if state is not None:
-            state.last_touch_at = max(state.last_touch_at, touchpoint.occurred_at)
-            state.first_touch_at = min(state.first_touch_at, touchpoint.occurred_at)
-            state.changed = True
-        transition = funnel.apply(state.position if state else None, touchpoint.type)
-        if transition is None:
-            continue
-        if state is None:
-            first_touch = first_touches.get(key, touchpoint.occurred_at)
-            state = states[key] = _LeadState(
-                None, first_touch, max(first_touch, touchpoint.occurred_at)
+    folds: dict[str, _LeadFold] = {}
+    refold: list[str] = []
+    for row in existing.scalars():
+        events = by_lead[row.lead_key]
+        source, event_id = row.last_event_source, row.last_event_id
+        if (
+            source is not None
+            and event_id is not None
+            and min(e.key for e in events) > (event_key(row.last_touch_at, source, event_id))
+        ):
+            folds[row.lead_key] = _LeadFold(
+                Position(row.stage, row.stage_entered_at),
+                row.first_touch_at,
+                row.last_touch_at,
+                (source, event_id),
             )
-        state.position = Position(transition.to_stage, touchpoint.occurred_at)
-        state.changed = True
-        transitions.append(
-            {
-                "funnel": funnel.name,
-                "lead_key": key,
-                "from_stage": transition.from_stage,
-                "to_stage": transition.to_stage,
-                "kind": transition.kind.value,
-                "rule": transition.rule,
-                "source": touchpoint.source,
-                "event_id": touchpoint.event_id,
-                "event_type": touchpoint.type,
-                "occurred_at": touchpoint.occurred_at,
-            }
+        else:
+            refold.append(row.lead_key)
+    refold += [key for key in lead_keys if key not in folds and key not in refold]
+
+    for lead in lead_keys:
+        if lead in folds:
+            for event in sorted(by_lead[lead], key=lambda e: e.key):
+                folds[lead].fold(funnel, lead, event)
+    if refold:
+        await session.execute(
+            delete(LeadTransition).where(
+                LeadTransition.funnel == funnel.name, LeadTransition.lead_key.in_(refold)
+            )
         )
+        history = await session.execute(
+            select(
+                StoredTouchpoint.lead_key,
+                StoredTouchpoint.source,
+                StoredTouchpoint.event_id,
+                StoredTouchpoint.type,
+                StoredTouchpoint.occurred_at,
+            )
+            .where(StoredTouchpoint.lead_key.in_(refold))
+            .order_by(
+                StoredTouchpoint.lead_key,
+                StoredTouchpoint.occurred_at,
+                StoredTouchpoint.source,
+                StoredTouchpoint.event_id,
+            )
+        )
+        for lead, source, event_id, event_type, occurred_at in history:
+            fold = folds.setdefault(lead, _LeadFold(None, None, None, None))
+            fold.fold(funnel, lead, _EventRow(source, event_id, event_type, occurred_at))
 
     upserts = [
         {
             "funnel": funnel.name,
-            "lead_key": key,
-            "stage": state.position.stage,
-            "stage_entered_at": state.position.entered_at,
-            "first_touch_at": state.first_touch_at,
-            "last_touch_at": state.last_touch_at,
+            "lead_key": lead,
+            "stage": fold.position.stage,
+            "stage_entered_at": fold.position.entered_at,
+            "first_touch_at": fold.first_touch_at,
+            "last_touch_at": fold.last_touch_at,
+            "last_event_source": fold.last_event[0] if fold.last_event else None,
+            "last_event_id": fold.last_event[1] if fold.last_event else None,
         }
-        for key, state in states.items()
-        if state.changed and state.position is not None
+        for lead, fold in sorted(folds.items())
+        if fold.position is not None
     ]
     if upserts:
-        statement = insert(LeadStage)
+        statement = insert(table(LeadStage))
         await session.execute(
             statement.on_conflict_do_update(
                 index_elements=["funnel", "lead_key"],
@@ -222,13 +288,16 @@ async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[
                     "stage_entered_at": statement.excluded.stage_entered_at,
                     "first_touch_at": statement.excluded.first_touch_at,
                     "last_touch_at": statement.excluded.last_touch_at,
+                    "last_event_source": statement.excluded.last_event_source,
+                    "last_event_id": statement.excluded.last_event_id,
                     "updated_at": func.now(),
                 },
             ),
             upserts,
         )
+    transitions = [t for _, fold in sorted(folds.items()) for t in fold.transitions]
     if transitions:
-        await session.execute(insert(LeadTransition), transitions)
+        await session.execute(insert(table(LeadTransition)), transitions)
     return len(transitions)
 
 

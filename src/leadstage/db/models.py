@@ -108,6 +108,10 @@ class LeadStage(Base):
     stage_entered_at: Mapped[datetime] = mapped_column(Timestamp)
     first_touch_at: Mapped[datetime] = mapped_column(Timestamp)
     last_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    # The last event folded into this state, with last_touch_at its event-time
+    # key: a new event that sorts before it is late and makes the engine refold.
+    last_event_source: Mapped[str | None] = mapped_column(String(255))
+    last_event_id: Mapped[str | None] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
     __table_args__ = (Index("ix_lead_stages_funnel_stage", "funnel", "stage"),)
