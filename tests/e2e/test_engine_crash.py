@@ -1,0 +1,222 @@
+"""Exactly-once effects: kill -9 the engine at random points while it processes 100,000
+events (some of them late); the final state is identical to an uninterrupted run.
+
+Also: two engine processes in one consumer group, with a rebalance in the middle,
+end in the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from leadstage.db.session import create_engine, create_session_factory
+from leadstage.events import Touchpoint, TouchpointIn
+from leadstage.local import services
+from leadstage.transport import create_publisher, create_topics
+from leadstage.transport.base import OutgoingRecord
+from tests.conftest import Environment, leadstage_cli
+from tests.e2e.conftest import Service, start_service
+
+EVENTS = 100_000
+LEADS = 5_000
+JOURNEY = [
+    "page_view",
+    "email_opened",
+    "content_download",
+    "page_view",
+    "demo_requested",
+    "call",
+    "meeting_scheduled",
+    "deal_lost",
+    "demo_requested",
+    "deal_won",
+]
+
+DUMP_QUERIES = {
+    "lead_stages": "SELECT funnel, lead_key, stage, stage_entered_at, first_touch_at, "
+    "last_touch_at, last_event_source, last_event_id FROM lead_stages "
+    "ORDER BY funnel, lead_key",
+    "lead_transitions": "SELECT funnel, lead_key, from_stage, to_stage, kind, rule, source, "
+    "event_id, event_type, occurred_at FROM lead_transitions "
+    "ORDER BY funnel, lead_key, occurred_at, source, event_id",
+    "touchpoints": "SELECT source, event_id, lead_key, type, occurred_at FROM touchpoints "
+    "ORDER BY source, event_id",
+}
+
+
+def generate() -> list[OutgoingRecord]:
+    """A journey per lead; about 2% of events arrive late (after later ones)."""
+    rng = random.Random(7)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    step = [0] * LEADS
+    records: list[tuple[int, OutgoingRecord]] = []
+    for n in range(EVENTS):
+        lead = rng.randrange(LEADS)
+        kind = JOURNEY[step[lead] % len(JOURNEY)]
+        step[lead] += 1
+        at = start + timedelta(minutes=n)
+        arrival = n + (rng.randrange(50, 500) if rng.random() < 0.02 else 0)
+        touchpoint = Touchpoint.accept(
+            TouchpointIn(event_id=f"c{n}", type=kind, lead_id=f"lead-{lead}", occurred_at=at),
+            source="crash",
+            received_at=at,
+        )
+        records.append(
+            (arrival, OutgoingRecord(key=f"lead-{lead}".encode(), value=touchpoint.to_record()))
+        )
+    records.sort(key=lambda item: item[0])
+    return [record for _, record in records]
+
+
+async def dump(database_url: str) -> dict[str, list[tuple[object, ...]]]:
+    from leadstage.settings import ServiceSettings
+
+    engine = create_engine(ServiceSettings(database_url=database_url), application_name="dump")
+    try:
+        async with engine.connect() as connection:
+            return {
+                name: [tuple(row) for row in await connection.execute(text(query))]
+                for name, query in DUMP_QUERIES.items()
+            }
+    finally:
+        await engine.dispose()
+
+
+async def consumed(database_url: str, group: str) -> int:
+    from leadstage.settings import ServiceSettings
+
+    engine = create_engine(ServiceSettings(database_url=database_url), application_name="progress")
+    try:
+        async with engine.connect() as connection:
+            total = await connection.scalar(
+                text(
+                    "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets "
+                    "WHERE consumer_group = :group"
+                ),
+                {"group": group},
+            )
+            return int(total or 0)
+    finally:
+        await engine.dispose()
+
+
+async def wait_consumed(database_url: str, group: str, *, within: float) -> None:
+    deadline = time.monotonic() + within
+    while (done := await consumed(database_url, group)) < EVENTS:
+        assert time.monotonic() < deadline, f"only {done} of {EVENTS} consumed"
+        await asyncio.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def crash_setup(environment: Environment) -> dict[str, str]:
+    """A topic holding the 100,000 events, and two fresh databases to process them into."""
+    run = secrets.token_hex(3)
+    prefix = f"crash-{run}."
+    postgres = services.local_postgres()
+    urls = {}
+    for name in ("clean", "crashed", "pair"):
+        database = f"crash_{name}_{run}"
+        postgres.create_database(database)
+        urls[name] = postgres.url(database)
+        leadstage_cli("migrate", env={"LEADSTAGE_DATABASE_URL": urls[name]})
+
+    async def publish() -> None:
+        settings = environment.settings("kafka").model_copy(update={"topic_prefix": prefix})
+        database = create_engine(settings, application_name="crash-setup")
+        sessions = create_session_factory(database)
+        await create_topics(settings, sessions)
+        publisher = create_publisher(settings, sessions)
+        await publisher.start()
+        try:
+            records = generate()
+            for i in range(0, len(records), 5000):
+                await publisher.publish(settings.touchpoints_topic, records[i : i + 5000])
+        finally:
+            await publisher.stop()
+            await database.dispose()
+
+    asyncio.run(publish())
+    return {**urls, "prefix": prefix}
+
+
+def engine_env(environment: Environment, setup: dict[str, str], which: str) -> dict[str, str]:
+    return {
+        **environment.variables("kafka"),
+        "LEADSTAGE_DATABASE_URL": setup[which],
+        "LEADSTAGE_TOPIC_PREFIX": setup["prefix"],
+        "LEADSTAGE_CONSUMER_GROUP": f"engine-{which}",
+        "LEADSTAGE_LOG_LEVEL": "WARNING",
+    }
+
+
+Dump = dict[str, list[tuple[object, ...]]]
+
+
+@pytest.fixture(scope="module")
+def clean_state(environment: Environment, crash_setup: dict[str, str]) -> Dump:
+    """The state after one uninterrupted engine run over the events."""
+    clean = start_service("engine", engine_env(environment, crash_setup, "clean"), "clean")
+    try:
+        asyncio.run(wait_consumed(crash_setup["clean"], "engine-clean", within=300))
+    finally:
+        clean.stop()
+    state = asyncio.run(dump(crash_setup["clean"]))
+    assert len(state["touchpoints"]) == EVENTS
+    assert len(state["lead_transitions"]) > LEADS
+    return state
+
+
+async def test_kill_9_at_random_points_gives_the_state_of_a_clean_run(
+    environment: Environment, crash_setup: dict[str, str], clean_state: Dump
+) -> None:
+    rng = random.Random(11)
+    env = engine_env(environment, crash_setup, "crashed")
+    kills = 0
+    while kills < 5:
+        engine = start_service("engine", env, f"crashed-{kills}")
+        await asyncio.sleep(rng.uniform(0.5, 3.0))
+        os.kill(engine.process.pid, signal.SIGKILL)
+        engine.process.wait(timeout=30)
+        kills += 1
+    assert await consumed(crash_setup["crashed"], "engine-crashed") < EVENTS, (
+        "the crashes came too late to interrupt anything"
+    )
+    survivor = start_service("engine", env, "crashed-final")
+    try:
+        await wait_consumed(crash_setup["crashed"], "engine-crashed", within=300)
+    finally:
+        survivor.stop()
+
+    actual = await dump(crash_setup["crashed"])
+    for name in DUMP_QUERIES:
+        assert actual[name] == clean_state[name], f"{name} differs after {kills} crashes"
+
+
+async def test_two_engines_with_a_rebalance_give_the_same_state(
+    environment: Environment, crash_setup: dict[str, str], clean_state: Dump
+) -> None:
+    env = engine_env(environment, crash_setup, "pair")
+    first = start_service("engine", env, "pair-1")
+    second: Service | None = None
+    try:
+        await asyncio.sleep(1.5)
+        second = start_service("engine", env, "pair-2")  # partitions move: a rebalance
+        await asyncio.sleep(2.0)
+        first.stop()  # and move again when the first leaves
+        await wait_consumed(crash_setup["pair"], "engine-pair", within=300)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    pair = await dump(crash_setup["pair"])
+    for name in DUMP_QUERIES:
+        assert pair[name] == clean_state[name], f"{name} differs after the rebalances"
