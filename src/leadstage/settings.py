@@ -65,6 +65,11 @@ class ServiceSettings(BaseSettings):
         return f"{self.topic_prefix}touchpoints.dlq.v1"
 
     @property
+    def lead_stage_changed_topic(self) -> str:
+        """Where the engine publishes every stage change (LeadStageChanged, ...)."""
+        return f"{self.topic_prefix}lead-stage-changed.v1"
+
+    @property
     def raw_touchpoints_topic(self) -> str:
         """Where tools that produce straight to Kafka write raw JSON for ingest to check."""
         return f"{self.topic_prefix}touchpoints.raw.v1"

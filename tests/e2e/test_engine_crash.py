@@ -50,6 +50,8 @@ DUMP_QUERIES = {
     "ORDER BY funnel, lead_key, occurred_at, source, event_id",
     "touchpoints": "SELECT source, event_id, lead_key, type, occurred_at FROM touchpoints "
     "ORDER BY source, event_id",
+    # Per lead, the changes to publish in the order they were made.
+    "outbox": "SELECT key, change_id, payload FROM outbox ORDER BY key, id",
 }
 
 

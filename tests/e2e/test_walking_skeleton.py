@@ -6,6 +6,7 @@ Runs once through the real Kafka broker and once through the embedded event log.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import signal
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import Environment
 from tests.e2e.conftest import Stack, start_service
 
 
@@ -213,3 +215,45 @@ async def test_sigterm_stops_the_engine_cleanly(stack: Stack) -> None:
         )
         assert response.status_code == 202
         await wait_for_stage(http, stack, lead, "Awareness", within=30)
+
+
+async def test_every_stage_change_is_published(stack: Stack, environment: Environment) -> None:
+    from leadstage.db.session import create_engine, create_session_factory
+    from leadstage.transport import create_source
+    from tests.integration.test_transports import StoredPositions
+
+    lead = new_lead()
+    async with httpx.AsyncClient(timeout=10) as http:
+        for event_type, at in (("page_view", "10:00"), ("meeting_scheduled", "10:30")):
+            response = await http.post(
+                f"{stack.ingest.url}/v1/events",
+                headers=stack.write_headers,
+                json={"type": event_type, "lead_id": lead, "occurred_at": f"2026-11-20T{at}:00Z"},
+            )
+            assert response.status_code == 202
+        await wait_for_stage(http, stack, lead, "Opportunity")
+
+    settings = environment.settings(stack.env["LEADSTAGE_TRANSPORT"])
+    database = create_engine(settings, application_name="changes-reader")
+    source = create_source(
+        settings,
+        create_session_factory(database),
+        topic=settings.lead_stage_changed_topic,
+        group=f"reader-{lead}",
+    )
+    await source.start(StoredPositions())
+    changes: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(changes) < 2 and time.monotonic() < deadline:
+            for record in await source.getmany(timeout_ms=300, max_records=1000):
+                if record.key == lead.encode():
+                    changes.append(json.loads(record.value))
+    finally:
+        await source.stop()
+        await database.dispose()
+    assert [(c["event"], c["from_stage"], c["to_stage"], c["transition"]) for c in changes] == [
+        ("LeadStageChanged", None, "Awareness", "entered"),
+        ("LeadStageChanged", "Awareness", "Opportunity", "skipped"),
+    ]
+    assert len({c["change_id"] for c in changes}) == 2

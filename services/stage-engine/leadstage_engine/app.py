@@ -22,6 +22,7 @@ from leadstage.http import health_router, install_error_handlers
 from leadstage.settings import EngineSettings
 from leadstage.transport import create_publisher, create_source
 from leadstage_engine.consumer import StageEngine
+from leadstage_engine.outbox import relay_forever
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +33,15 @@ def create_app(settings: EngineSettings) -> FastAPI:
     source = create_source(
         settings, sessions, topic=settings.touchpoints_topic, group=settings.consumer_group
     )
+    publisher = create_publisher(settings, sessions)
     engine = StageEngine(
         settings,
         sessions,
         source,
-        dead_letters=create_publisher(settings, sessions),
+        dead_letters=publisher,
         funnels=list(FUNNELS.values()),
     )
+    relay_stopping = asyncio.Event()
 
     def _exit_on_crash(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -50,16 +53,29 @@ def create_app(settings: EngineSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await publisher.start()
         loop_task = asyncio.create_task(engine.run(), name="stage-engine")
         loop_task.add_done_callback(_exit_on_crash)
+        relay_task = asyncio.create_task(
+            relay_forever(sessions, publisher, relay_stopping), name="outbox-relay"
+        )
         try:
             yield
         finally:
+            # Checkpoint order: the last batch commits (state, outbox and offsets in one
+            # transaction), the relay publishes what is committed, then the producer
+            # is flushed and closed.
             engine.request_stop()
             try:
                 await asyncio.wait_for(loop_task, timeout=60)
             except Exception:  # noqa: BLE001 - already logged by _exit_on_crash
                 logger.warning("stage engine did not stop cleanly")
+            relay_stopping.set()
+            try:
+                await asyncio.wait_for(relay_task, timeout=30)
+            except TimeoutError:
+                logger.warning("outbox relay did not drain in time; it resumes on restart")
+            await publisher.stop()
             await database.dispose()
 
     app = FastAPI(title="LeadStage stage engine", lifespan=lifespan, docs_url=None)

@@ -92,7 +92,6 @@ class StageEngine:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self._dead_letters.start()
         await self._source.start(self)
         logger.info("stage engine consuming topic=%s", self._settings.touchpoints_topic)
         try:
@@ -105,9 +104,8 @@ class StageEngine:
                     async with self._batch_lock:
                         await self._process_with_retry(records)
         finally:
-            # Checkpoint order on the way out: the last batch is already committed
-            # (the loop only exits between batches); flush the producer, then leave.
-            await self._dead_letters.stop()
+            # The loop only exits between batches: the last batch is committed. The
+            # producer (shared with the outbox relay) is flushed by the app.
             await self._source.stop()
             logger.info("stage engine stopped after %s records", self.processed)
 
@@ -154,6 +152,7 @@ class StageEngine:
                 records,
                 consumer_group=self._settings.consumer_group,
                 funnels=self._funnels,
+                outbox_topic=self._settings.lead_stage_changed_topic,
             )
             if outcome.rejected:
                 # Before the commit: if the dead-letter write fails, the batch is

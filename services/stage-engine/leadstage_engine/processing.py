@@ -7,7 +7,10 @@ PostgreSQL together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +24,7 @@ from leadstage.db.models import (
     ConsumerOffset,
     LeadStage,
     LeadTransition,
+    OutboxRecord,
     StoredTouchpoint,
     table,
 )
@@ -79,6 +83,7 @@ async def apply_batch(
     *,
     consumer_group: str,
     funnels: Sequence[Funnel],
+    outbox_topic: str = "lead-stage-changed.v1",
 ) -> BatchOutcome:
     """Store the batch's touchpoints, move leads, and record the consumed offsets."""
     parsed, rejected = parse_records(records)
@@ -89,7 +94,7 @@ async def apply_batch(
     outcome.duplicates = len(parsed) - len(fresh)
     if fresh:
         for funnel in funnels:
-            outcome.transitions += await _advance_leads(session, funnel, fresh)
+            outcome.transitions += await _advance_leads(session, funnel, fresh, outbox_topic)
     await store_offsets(session, consumer_group, outcome.next_offsets)
     return outcome
 
@@ -156,29 +161,43 @@ class _LeadFold:
     last_event: tuple[str, str] | None  # (source, event_id) of the last event folded
     transitions: list[dict[str, Any]] = field(default_factory=list)
 
-    def fold(self, funnel: Funnel, lead: str, event: _EventRow) -> None:
+    @property
+    def last_key(self) -> EventKey | None:
+        if self.last_event is None or self.last_touch_at is None:
+            return None
+        return event_key(self.last_touch_at, *self.last_event)
+
+    def fold(self, funnel: Funnel, lead: str, event: _EventRow) -> dict[str, Any] | None:
+        """Apply one event that comes after every event folded so far."""
         occurred_at = event.occurred_at
         self.first_touch_at = min(self.first_touch_at or occurred_at, occurred_at)
         self.last_touch_at = max(self.last_touch_at or occurred_at, occurred_at)
         self.last_event = (event.source, event.event_id)
         transition = funnel.apply(self.position, event.type)
         if transition is None:
-            return
+            return None
         self.position = Position(transition.to_stage, occurred_at)
-        self.transitions.append(
-            {
-                "funnel": funnel.name,
-                "lead_key": lead,
-                "from_stage": transition.from_stage,
-                "to_stage": transition.to_stage,
-                "kind": transition.kind.value,
-                "rule": transition.rule,
-                "source": event.source,
-                "event_id": event.event_id,
-                "event_type": event.type,
-                "occurred_at": occurred_at,
-            }
-        )
+        row = {
+            "funnel": funnel.name,
+            "lead_key": lead,
+            "from_stage": transition.from_stage,
+            "to_stage": transition.to_stage,
+            "kind": transition.kind.value,
+            "rule": transition.rule,
+            "source": event.source,
+            "event_id": event.event_id,
+            "event_type": event.type,
+            "occurred_at": occurred_at,
+        }
+        self.transitions.append(row)
+        return row
+
+
+def fold_all(funnel: Funnel, lead: str, events: Iterable[_EventRow]) -> _LeadFold:
+    result = _LeadFold(None, None, None, None)
+    for event in sorted(events, key=lambda e: e.key):
+        result.fold(funnel, lead, event)
+    return result
 
 
 @dataclass(frozen=True)
@@ -193,20 +212,82 @@ class _EventRow:
         return event_key(self.occurred_at, self.source, self.event_id)
 
 
-async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[Touchpoint]) -> int:
+def change_id(*parts: object) -> str:
+    """A deterministic id: the same change computed twice (a redelivery, a replay after
+    a crash) has the same id, so consumers can drop repeats."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def _changed(funnel: Funnel, transition: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "event": "LeadStageChanged",
+        "schema_version": 1,
+        "change_id": change_id(
+            funnel.name,
+            transition["lead_key"],
+            transition["source"],
+            transition["event_id"],
+            transition["to_stage"],
+            transition["kind"],
+        ),
+        "funnel": funnel.name,
+        "funnel_version": funnel.version,
+        "lead_id": transition["lead_key"],
+        "from_stage": transition["from_stage"],
+        "to_stage": transition["to_stage"],
+        "transition": transition["kind"],
+        "rule": transition["rule"],
+        "caused_by": {
+            "source": transition["source"],
+            "event_id": transition["event_id"],
+            "type": transition["event_type"],
+        },
+        "occurred_at": transition["occurred_at"].isoformat(),
+    }
+
+
+def _corrected(
+    funnel: Funnel, lead: str, event: _EventRow, fold: _LeadFold, withdrawn: list[str]
+) -> dict[str, Any]:
+    return {
+        "event": "LeadHistoryCorrected",
+        "schema_version": 1,
+        "change_id": change_id("corrected", funnel.name, lead, event.source, event.event_id),
+        "funnel": funnel.name,
+        "funnel_version": funnel.version,
+        "lead_id": lead,
+        "stage": fold.position.stage if fold.position else None,
+        "stage_entered_at": fold.position.entered_at.isoformat() if fold.position else None,
+        "withdrawn_change_ids": withdrawn,
+        "caused_by": {"source": event.source, "event_id": event.event_id, "type": event.type},
+        "occurred_at": event.occurred_at.isoformat(),
+    }
+
+
+def _transition_identity(row: Mapping[str, Any]) -> tuple[object, ...]:
+    return (row["source"], row["event_id"], row["to_stage"], row["kind"], row["from_stage"])
+
+
+async def _advance_leads(
+    session: AsyncSession, funnel: Funnel, fresh: Sequence[Touchpoint], outbox_topic: str
+) -> int:
     """Fold the batch's new events into each lead's state, in event time.
 
-    A lead whose new events all come after the last event it folded continues
-    from its stored state. A lead with a late event (one that belongs before
-    events already folded), or with no state yet, is folded again from all its
-    stored touchpoints: the result equals processing every event in time order.
+    Each lead's new events are taken in arrival order. One that comes after every
+    event already folded continues the fold. A late one (it belongs before events
+    already folded) refolds the lead from its stored touchpoints, so the result
+    equals processing every event in time order. Every change goes to the outbox
+    in the same transaction: a ``LeadStageChanged`` per new transition, and a
+    ``LeadHistoryCorrected`` (naming the withdrawn changes) when a late event
+    rewrites history. Which changes are published depends only on the arrival
+    order of the events, never on how they were split into batches.
     """
-    by_lead: dict[str, list[_EventRow]] = {}
+    arrivals: dict[str, list[_EventRow]] = {}
     for tp in fresh:
-        by_lead.setdefault(tp.lead_key, []).append(
+        arrivals.setdefault(tp.lead_key, []).append(
             _EventRow(tp.source, tp.event_id, str(tp.type), tp.occurred_at)
         )
-    lead_keys = sorted(by_lead)
+    lead_keys = sorted(arrivals)
     # FOR UPDATE: a lead lives on one partition, hence one engine process; the lock
     # also guards replays running beside live work.
     existing = await session.execute(
@@ -215,55 +296,91 @@ async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[
         .with_for_update()
     )
     folds: dict[str, _LeadFold] = {}
-    refold: list[str] = []
     for row in existing.scalars():
-        events = by_lead[row.lead_key]
-        source, event_id = row.last_event_source, row.last_event_id
-        if (
-            source is not None
-            and event_id is not None
-            and min(e.key for e in events) > (event_key(row.last_touch_at, source, event_id))
-        ):
-            folds[row.lead_key] = _LeadFold(
-                Position(row.stage, row.stage_entered_at),
-                row.first_touch_at,
-                row.last_touch_at,
-                (source, event_id),
-            )
-        else:
-            refold.append(row.lead_key)
-    refold += [key for key in lead_keys if key not in folds and key not in refold]
-
-    for lead in lead_keys:
-        if lead in folds:
-            for event in sorted(by_lead[lead], key=lambda e: e.key):
-                folds[lead].fold(funnel, lead, event)
-    if refold:
-        await session.execute(
-            delete(LeadTransition).where(
-                LeadTransition.funnel == funnel.name, LeadTransition.lead_key.in_(refold)
-            )
+        last = (
+            (row.last_event_source, row.last_event_id)
+            if row.last_event_source is not None and row.last_event_id is not None
+            else None
         )
-        history = await session.execute(
+        folds[row.lead_key] = _LeadFold(
+            Position(row.stage, row.stage_entered_at), row.first_touch_at, row.last_touch_at, last
+        )
+
+    # A lead whose stored history must be read: a new lead (its earlier touches may
+    # have moved nothing but still count), or one with a late event.
+    needs_history = [
+        lead
+        for lead in lead_keys
+        if lead not in folds
+        or folds[lead].last_key is None
+        or any(e.key <= folds[lead].last_key for e in arrivals[lead])  # type: ignore[operator]
+        or any(a.key > b.key for a, b in itertools.pairwise(arrivals[lead]))
+    ]
+    history: dict[str, list[_EventRow]] = {lead: [] for lead in needs_history}
+    if needs_history:
+        fresh_ids = {(tp.source, tp.event_id) for tp in fresh}
+        rows = await session.execute(
             select(
                 StoredTouchpoint.lead_key,
                 StoredTouchpoint.source,
                 StoredTouchpoint.event_id,
                 StoredTouchpoint.type,
                 StoredTouchpoint.occurred_at,
+            ).where(StoredTouchpoint.lead_key.in_(needs_history))
+        )
+        for lead, source, event_id, event_type, occurred_at in rows:
+            if (source, event_id) not in fresh_ids:  # history before this batch
+                history[lead].append(_EventRow(source, event_id, event_type, occurred_at))
+
+    rewritten: set[str] = set()
+    new_transitions: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    for lead in lead_keys:
+        seen = history.get(lead)
+        fold = folds.get(lead)
+        if seen is not None:
+            fold = fold_all(funnel, lead, seen)  # equals the stored state
+        assert fold is not None  # noqa: S101 - every lead has a state or a history
+        for event in arrivals[lead]:
+            folded_up_to = fold.last_key
+            if folded_up_to is None or event.key > folded_up_to:
+                transition = fold.fold(funnel, lead, event)
+                if transition is not None:
+                    new_transitions.append(transition)
+                    outbox.append(_outbox_row(outbox_topic, lead, _changed(funnel, transition)))
+                if seen is not None:
+                    seen.append(event)
+                continue
+            # A late event: refold, then publish the difference.
+            assert seen is not None  # noqa: S101 - late leads had their history read
+            seen.append(event)
+            refolded = fold_all(funnel, lead, seen)
+            before = {_transition_identity(t): t for t in fold.transitions}
+            after = {_transition_identity(t): t for t in refolded.transitions}
+            withdrawn = [
+                _changed(funnel, t)["change_id"] for k, t in before.items() if k not in after
+            ]
+            correction = _corrected(funnel, lead, event, refolded, withdrawn)
+            outbox.append(_outbox_row(outbox_topic, lead, correction))
+            outbox.extend(
+                _outbox_row(outbox_topic, lead, _changed(funnel, t))
+                for k, t in after.items()
+                if k not in before
             )
-            .where(StoredTouchpoint.lead_key.in_(refold))
-            .order_by(
-                StoredTouchpoint.lead_key,
-                StoredTouchpoint.occurred_at,
-                StoredTouchpoint.source,
-                StoredTouchpoint.event_id,
+            fold = refolded
+            rewritten.add(lead)
+        folds[lead] = fold
+
+    if rewritten:
+        await session.execute(
+            delete(LeadTransition).where(
+                LeadTransition.funnel == funnel.name,
+                LeadTransition.lead_key.in_(sorted(rewritten)),
             )
         )
-        for lead, source, event_id, event_type, occurred_at in history:
-            fold = folds.setdefault(lead, _LeadFold(None, None, None, None))
-            fold.fold(funnel, lead, _EventRow(source, event_id, event_type, occurred_at))
-
+    transitions = [t for t in new_transitions if t["lead_key"] not in rewritten] + [
+        t for lead in sorted(rewritten) for t in folds[lead].transitions
+    ]
     upserts = [
         {
             "funnel": funnel.name,
@@ -295,10 +412,20 @@ async def _advance_leads(session: AsyncSession, funnel: Funnel, fresh: Sequence[
             ),
             upserts,
         )
-    transitions = [t for _, fold in sorted(folds.items()) for t in fold.transitions]
     if transitions:
         await session.execute(insert(table(LeadTransition)), transitions)
+    if outbox:
+        await session.execute(insert(table(OutboxRecord)), outbox)
     return len(transitions)
+
+
+def _outbox_row(topic: str, lead: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "key": lead.encode(),
+        "change_id": payload["change_id"],
+        "payload": json.dumps(payload, separators=(",", ":")).encode(),
+    }
 
 
 async def store_offsets(

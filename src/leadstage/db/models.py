@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -253,3 +254,25 @@ class LeadAccount(Base):
     account_id: Mapped[str] = mapped_column(String(262), index=True)
     attached_by: Mapped[str] = mapped_column(String(20))
     attached_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class OutboxRecord(Base):
+    """A change to publish, written in the transaction that made it (transactional outbox).
+
+    The relay publishes unpublished rows in id order and then marks them; a crash in
+    between publishes a row again, with the same ``change_id`` for consumers to drop.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(249))
+    key: Mapped[bytes] = mapped_column(LargeBinary)
+    change_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    )

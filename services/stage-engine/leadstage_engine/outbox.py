@@ -1,0 +1,83 @@
+"""The outbox relay: publishes the changes the engine committed, in commit order.
+
+One relay publishes at a time (a PostgreSQL advisory lock), so a lead's changes
+leave in the order they were made even with several engine processes. A row is
+marked published only after the event log acknowledged it; a crash between the
+two publishes it again with the same ``change_id``, which consumers use to drop
+the repeat (at-least-once delivery, exactly-once effect for an idempotent
+consumer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import select, text, update
+
+from leadstage.db.models import OutboxRecord
+from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.transport.base import OutgoingRecord, Publisher, TransportUnavailableError
+
+logger = logging.getLogger(__name__)
+
+#: Any number unique to this lock in the database (advisory locks are global).
+RELAY_LOCK = 0x4C53_4F42  # "LSOB"
+
+
+async def relay_once(sessions: SessionFactory, publisher: Publisher, *, limit: int = 500) -> int:
+    """Publish up to ``limit`` unpublished changes; return how many were published."""
+    async with unit_of_work(sessions) as session:
+        locked = await session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": RELAY_LOCK}
+        )
+        if not locked:
+            return 0  # another relay is publishing
+        rows = (
+            await session.execute(
+                select(
+                    OutboxRecord.id,
+                    OutboxRecord.topic,
+                    OutboxRecord.key,
+                    OutboxRecord.change_id,
+                    OutboxRecord.payload,
+                )
+                .where(OutboxRecord.published_at.is_(None))
+                .order_by(OutboxRecord.id)
+                .limit(limit)
+            )
+        ).all()
+        if not rows:
+            return 0
+        by_topic: dict[str, list[OutgoingRecord]] = {}
+        for _, topic, key, change, payload in rows:
+            by_topic.setdefault(topic, []).append(
+                OutgoingRecord(key=key, value=payload, headers={"change_id": change})
+            )
+        for topic, records in by_topic.items():
+            await publisher.publish(topic, records)
+        await session.execute(
+            update(OutboxRecord)
+            .where(OutboxRecord.id.in_([row[0] for row in rows]))
+            .values(published_at=text("now()"))
+        )
+        return len(rows)
+
+
+async def relay_forever(
+    sessions: SessionFactory, publisher: Publisher, stopping: asyncio.Event
+) -> None:
+    """Publish continuously until ``stopping`` is set, then drain what is committed."""
+    while True:
+        try:
+            published = await relay_once(sessions, publisher)
+        except (TransportUnavailableError, OSError) as error:
+            logger.warning("outbox relay could not publish (%r); retrying", error)
+            published = 0
+            if stopping.is_set():
+                return
+            await asyncio.sleep(1)
+        if published == 0:
+            if stopping.is_set():
+                return
+            await asyncio.sleep(0.05)

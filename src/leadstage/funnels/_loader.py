@@ -1,0 +1,161 @@
+"""Reading funnel definitions from YAML, with errors that name the file, line and field."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from leadstage.funnels._engine import Funnel
+from leadstage.funnels._model import FunnelDefinitionError
+from leadstage.funnels._spec import FunnelSpec, check_references
+
+Loc = tuple[str | int, ...]
+PRESETS_PACKAGE = "leadstage.funnels"
+PRESETS_DIRECTORY = "presets"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans (only true/false, so ``country: NO`` stays Norway); dates stay strings."""
+
+
+_DROPPED_TAGS = frozenset({"tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"})
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _DROPPED_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _lines(node: yaml.Node, file: str) -> dict[Loc, int]:
+    """The 1-based line of every mapping key and sequence item, by its path."""
+    lines: dict[Loc, int] = {(): node.start_mark.line + 1}
+
+    def walk(current: yaml.Node, path: Loc) -> None:
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key: Loc = (*path, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise FunnelDefinitionError(
+                        file, line, _field(key), f"duplicate key {key_node.value!r}"
+                    )
+                lines[key] = line
+                walk(value_node, key)
+        elif isinstance(current, yaml.SequenceNode):
+            for i, item in enumerate(current.value):
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
+
+    walk(node, ())
+    return lines
+
+
+def _field(path: Iterable[str | int]) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def _line(lines: dict[Loc, int], path: Loc) -> int:
+    """The line of the deepest part of ``path`` that is in the file."""
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return 1
+
+
+def parse_funnel(text: str, file: str = "<string>") -> Funnel:
+    """One funnel from the text of a definition file."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise FunnelDefinitionError(file, line, "(yaml)", str(err.problem or err)) from None
+    except yaml.YAMLError as err:
+        raise FunnelDefinitionError(file, None, "(yaml)", str(err)) from None
+    if node is None:
+        raise FunnelDefinitionError(file, 1, "(top level)", "the file is empty")
+    lines = _lines(node, file)
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    try:
+        spec = FunnelSpec.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        loc: Loc = tuple(part for part in first["loc"] if part != "[key]")
+        message = first["msg"].removeprefix("Value error, ")
+        raise FunnelDefinitionError(file, _line(lines, loc), _field(loc), message) from None
+    problems = check_references(spec)
+    if problems:
+        path, message = problems[0]
+        raise FunnelDefinitionError(file, _line(lines, path), _field(path), message)
+    return Funnel(spec)
+
+
+def _name_line(text: str) -> int | None:
+    match = re.search(r"^name\s*:", text, re.MULTILINE)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def _add(
+    funnels: dict[str, Funnel], where: dict[str, str], funnel: Funnel, file: str, text: str
+) -> None:
+    if funnel.name in where:
+        raise FunnelDefinitionError(
+            file,
+            _name_line(text),
+            "name",
+            f"funnel {funnel.name!r} is also defined in {where[funnel.name]}",
+        )
+    funnels[funnel.name] = funnel
+    where[funnel.name] = file
+
+
+@functools.cache
+def _presets() -> tuple[Funnel, ...]:
+    funnels: dict[str, Funnel] = {}
+    where: dict[str, str] = {}
+    directory = resources.files(PRESETS_PACKAGE).joinpath(PRESETS_DIRECTORY)
+    for entry in sorted(directory.iterdir(), key=lambda item: item.name):
+        if entry.name.endswith(".yaml"):
+            text = entry.read_text(encoding="utf-8")
+            file = f"{PRESETS_DIRECTORY}/{entry.name}"
+            _add(funnels, where, parse_funnel(text, file), file, text)
+    return tuple(funnels.values())
+
+
+def load_presets() -> dict[str, Funnel]:
+    """The funnels shipped with LeadStage, by name (in file-name order)."""
+    return {funnel.name: funnel for funnel in _presets()}
+
+
+def load_funnels(directory: Path | None = None) -> dict[str, Funnel]:
+    """The presets, plus (or replaced by, when the name is the same) ``directory/*.yaml``.
+
+    Two files of ``directory`` defining the same funnel name are an error.
+    """
+    funnels = load_presets()
+    if directory is None:
+        return funnels
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no funnel directory {directory}")
+    where: dict[str, str] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        funnel = parse_funnel(text, str(path))
+        _add(funnels, where, funnel, str(path), text)
+    return funnels
