@@ -27,12 +27,13 @@ from sqlalchemy.dialects.postgresql import insert
 from leadstage.db.models import StoredTouchpoint
 from leadstage.db.session import create_engine, create_session_factory, unit_of_work
 from leadstage.events import Touchpoint, TouchpointIn, TouchpointType
-from leadstage.funnel import B2B_SIX_STAGE
+from leadstage.funnels import load_presets
 from leadstage.local import services
 from leadstage.settings import EngineSettings
 from leadstage.transport.base import Record
 from leadstage_engine.processing import apply_batch
 
+B2B_SIX_STAGE = load_presets()["b2b-six-stage"]
 JOURNEY = [
     TouchpointType.PAGE_VIEW,
     TouchpointType.EMAIL_OPENED,

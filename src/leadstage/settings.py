@@ -8,10 +8,14 @@ the same code at external PostgreSQL and Kafka by URL.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, PostgresDsn, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from leadstage.funnels import Funnel
 
 #: Passwords that must never reach production: they ship in examples and docs.
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "postgres", "secret"})
@@ -52,6 +56,14 @@ class ServiceSettings(BaseSettings):
     topic_replication_factor: int = Field(
         default=1, ge=1, le=16, description="Replicas per topic partition (3 in production)."
     )
+    funnels_dir: Path | None = Field(
+        default=None,
+        description="Directory of funnel definitions (*.yaml), over the shipped presets.",
+    )
+    funnels: list[str] = Field(
+        default=["b2b-six-stage", "aida"],
+        description="The active funnels: every lead is tracked in each of them.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     http_host: str = "127.0.0.1"
@@ -89,6 +101,19 @@ class ServiceSettings(BaseSettings):
                     f"{name} is empty or a placeholder; refusing to start in production"
                 )
         return self
+
+    def active_funnels(self) -> dict[str, Funnel]:
+        """The active funnel definitions (loading validates them: a bad file is refused
+        with its file, line and field)."""
+        from leadstage.funnels import load_funnels
+
+        known = load_funnels(self.funnels_dir)
+        unknown = [name for name in self.funnels if name not in known]
+        if unknown:
+            raise ValueError(
+                f"LEADSTAGE_FUNNELS names unknown funnels {unknown}; known: {sorted(known)}"
+            )
+        return {name: known[name] for name in self.funnels}
 
     def _secrets(self) -> dict[str, SecretStr]:
         return {"LEADSTAGE_DATABASE_URL password": self.database_password}

@@ -16,11 +16,12 @@ from sqlalchemy import select
 from leadstage.db.models import LeadStage, LeadTransition
 from leadstage.db.session import create_engine, create_session_factory, unit_of_work
 from leadstage.events import Touchpoint, TouchpointIn
-from leadstage.funnel import B2B_SIX_STAGE
+from leadstage.funnels import load_presets
 from leadstage.transport.base import Record
 from leadstage_engine.processing import apply_batch
 from tests.conftest import Environment
 
+B2B_SIX_STAGE = load_presets()["b2b-six-stage"]
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TYPES = [
     "page_view",

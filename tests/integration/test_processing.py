@@ -13,10 +13,11 @@ from sqlalchemy import select, text
 from leadstage.db.models import ConsumerOffset, LeadStage, LeadTransition, StoredTouchpoint
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.events import Touchpoint, TouchpointIn
-from leadstage.funnel import B2B_SIX_STAGE
+from leadstage.funnels import load_presets
 from leadstage.transport.base import Record
 from leadstage_engine.processing import BatchOutcome, apply_batch
 
+B2B_SIX_STAGE = load_presets()["b2b-six-stage"]
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 

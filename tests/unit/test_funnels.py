@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from leadstage.events import Touchpoint, TouchpointIn, TouchpointType
+from leadstage.events import Touchpoint, TouchpointIn
 from leadstage.funnels import (
     DEFAULT_FUNNEL,
     Change,
@@ -192,21 +192,6 @@ def test_b2b_disqualification_on_a_call_wins_over_the_call_move(b2b: Funnel) -> 
         b2b, [ev("demo_requested"), ev("call", days(1), properties={"outcome": "no_budget"})]
     )
     assert journey.moves[-1] == ("Action", "Disqualified", "exited", "disqualified-on-call")
-
-
-def test_b2b_matches_the_legacy_default_on_every_type_and_position(b2b: Funnel) -> None:
-    legacy = pytest.importorskip("leadstage.funnel")
-    positions: list[str | None] = [None, *b2b.stages, "Lost", "Churned"]
-    for start, event_type in itertools.product(positions, [t.value for t in TouchpointType]):
-        position = legacy.Position(start, T0) if start is not None else None
-        expected = legacy.B2B_SIX_STAGE.apply(position, event_type)
-        state = LeadState(stage=start, stage_entered_at=T0 if start else None)
-        moves = [
-            c for c in b2b.step(state, ev(event_type, days(1)), []).changes if c.kind == "stage"
-        ]
-        got = (moves[0].to_stage, moves[0].transition, moves[0].rule) if moves else None
-        want = (expected.to_stage, str(expected.kind), expected.rule) if expected else None
-        assert got == want, (start, event_type)
 
 
 def test_three_pricing_views_within_14_days_move_to_interest(b2b: Funnel) -> None:

@@ -19,6 +19,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.funnels = settings.active_funnels()
         app.state.sessions = create_session_factory(database)
         try:
             yield

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 
 from leadstage.credentials import SCOPE_READ_LEADS, Caller
-from leadstage.funnel import DEFAULT_FUNNEL, FUNNELS
+from leadstage.funnels import DEFAULT_FUNNEL
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
 from leadstage_api import service
 from leadstage_api.dependencies import Session, require_scope
@@ -32,12 +32,13 @@ async def get_lead(
     lead_id: Annotated[str, Path(max_length=262, description="The lead's id (its lead key).")],
     funnel: Annotated[str, Query(max_length=100)] = DEFAULT_FUNNEL,
 ) -> LeadView:
-    if funnel not in FUNNELS:
+    funnels = request.app.state.funnels
+    if funnel not in funnels:
         raise ApiError(
             status.HTTP_404_NOT_FOUND,
             "not_found",
             f"Unknown funnel {funnel!r}.",
-            details=[ErrorDetail(field="funnel", reason=f"known: {', '.join(sorted(FUNNELS))}")],
+            details=[ErrorDetail(field="funnel", reason=f"active: {', '.join(sorted(funnels))}")],
         )
     lead = await service.get_lead(
         session, lead_id, funnel=funnel, history_limit=request.app.state.settings.history_page_max

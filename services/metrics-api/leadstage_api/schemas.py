@@ -60,8 +60,14 @@ class LeadView(BaseModel):
 
     lead_id: str
     funnel: str
-    stage: str
-    stage_entered_at: datetime
+    funnel_version: int | None = None
+    stage: str | None = Field(description="None while the lead has touches but no stage yet.")
+    stage_entered_at: datetime | None
+    sales_ready: bool = False
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="Score values as of `scores_as_of` (before decay)."
+    )
+    scores_as_of: datetime | None = None
     first_touch_at: datetime
     last_touch_at: datetime
     transitions: list[TransitionView]

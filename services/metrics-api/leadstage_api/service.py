@@ -21,11 +21,16 @@ async def get_lead(
         .order_by(LeadTransition.occurred_at, LeadTransition.id)
         .limit(history_limit)
     )
+    state = lead.state or {}
     return LeadView(
         lead_id=lead.lead_key,
         funnel=lead.funnel,
+        funnel_version=lead.funnel_version,
         stage=lead.stage,
         stage_entered_at=lead.stage_entered_at,
+        sales_ready=lead.sales_ready,
+        scores=dict(state.get("scores") or {}),
+        scores_as_of=state.get("scores_as_of"),
         first_touch_at=lead.first_touch_at,
         last_touch_at=lead.last_touch_at,
         transitions=[TransitionView.model_validate(t) for t in transitions],

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from leadstage.db.session import create_engine, create_session_factory, ping
-from leadstage.funnel import FUNNELS
 from leadstage.http import health_router, install_error_handlers
 from leadstage.settings import EngineSettings
 from leadstage.transport import create_publisher, create_source
@@ -39,7 +38,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
         sessions,
         source,
         dead_letters=publisher,
-        funnels=list(FUNNELS.values()),
+        funnels=list(settings.active_funnels().values()),
     )
     relay_stopping = asyncio.Event()
 

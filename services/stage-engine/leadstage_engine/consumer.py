@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import DataError, DBAPIError
 
 from leadstage.db.session import SessionFactory, unit_of_work
-from leadstage.funnel import Funnel
+from leadstage.funnels import Funnel
 from leadstage.settings import EngineSettings
 from leadstage.transport.base import (
     OutgoingRecord,

@@ -7,14 +7,17 @@ PostgreSQL together or not at all.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -22,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.db.models import (
     ConsumerOffset,
+    LeadScoreChange,
     LeadStage,
     LeadTransition,
     OutboxRecord,
@@ -29,9 +33,17 @@ from leadstage.db.models import (
     table,
 )
 from leadstage.events import Touchpoint
-from leadstage.funnel import Funnel, Position
+from leadstage.funnels import Change, EventView, Funnel, LeadState
 from leadstage.http import validation_details
 from leadstage.transport.base import Record, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_RULES = Counter(
+    "leadstage_engine_rules_skipped_total",
+    "Rules skipped on an event because a condition could not be evaluated (bad property).",
+    ["funnel", "rule"],
+)
 
 
 @dataclass(frozen=True)
@@ -93,15 +105,14 @@ async def apply_batch(
     outcome.stored = len(fresh)
     outcome.duplicates = len(parsed) - len(fresh)
     if fresh:
-        for funnel in funnels:
-            outcome.transitions += await _advance_leads(session, funnel, fresh, outbox_topic)
+        outcome.transitions = await _advance_leads(session, funnels, fresh, outbox_topic)
     await store_offsets(session, consumer_group, outcome.next_offsets)
     return outcome
 
 
 async def _store_touchpoints(
     session: AsyncSession, parsed: Sequence[tuple[Record, Touchpoint]]
-) -> list[Touchpoint]:
+) -> list[tuple[Touchpoint, Mapping[str, Any]]]:
     """Insert the touchpoints; return those not stored before, in arrival order.
 
     The primary key on (source, event_id) makes a redelivered or re-sent event a no-op.
@@ -134,12 +145,12 @@ async def _store_touchpoints(
         list(rows.values()),
     )
     new_ids = {(source, event_id) for source, event_id in inserted}
-    fresh: list[Touchpoint] = []
+    fresh: list[tuple[Touchpoint, Mapping[str, Any]]] = []
     for _, touchpoint in parsed:
         key = (touchpoint.source, touchpoint.event_id)
         if key in new_ids:
             new_ids.discard(key)  # a repeat inside the batch counts once
-            fresh.append(touchpoint)
+            fresh.append((touchpoint, rows[key]["payload"]))
     return fresh
 
 
@@ -151,15 +162,50 @@ def event_key(occurred_at: datetime, source: str, event_id: str) -> EventKey:
     return (occurred_at, source, event_id)
 
 
+@dataclass(frozen=True)
+class _Event:
+    """A touchpoint as the funnels see it, in UTC (so every path serialises alike)."""
+
+    view: EventView
+
+    @property
+    def key(self) -> EventKey:
+        return event_key(self.view.occurred_at, self.view.source, self.view.event_id)
+
+    @classmethod
+    def from_payload(
+        cls,
+        source: str,
+        event_id: str,
+        event_type: str,
+        occurred_at: datetime,
+        payload: Mapping[str, Any],
+    ) -> _Event:
+        return cls(
+            EventView(
+                source=source,
+                event_id=event_id,
+                type=event_type,
+                occurred_at=occurred_at.astimezone(UTC),
+                channel=payload.get("channel"),
+                utm=payload.get("utm") or {},
+                properties=payload.get("properties") or {},
+                account=payload.get("account") or {},
+            )
+        )
+
+
 @dataclass
 class _LeadFold:
-    """One lead's position in one funnel, folded event by event in event-time order."""
+    """One lead's state in one funnel, folded event by event in event-time order."""
 
-    position: Position | None
-    first_touch_at: datetime | None
-    last_touch_at: datetime | None
-    last_event: tuple[str, str] | None  # (source, event_id) of the last event folded
+    state: LeadState
+    first_touch_at: datetime | None = None
+    last_touch_at: datetime | None = None
+    last_event: tuple[str, str] | None = None  # (source, event_id) of the last event folded
     transitions: list[dict[str, Any]] = field(default_factory=list)
+    score_changes: list[dict[str, Any]] = field(default_factory=list)
+    facts: list[dict[str, Any]] = field(default_factory=list)  # published changes
 
     @property
     def last_key(self) -> EventKey | None:
@@ -167,49 +213,115 @@ class _LeadFold:
             return None
         return event_key(self.last_touch_at, *self.last_event)
 
-    def fold(self, funnel: Funnel, lead: str, event: _EventRow) -> dict[str, Any] | None:
-        """Apply one event that comes after every event folded so far."""
-        occurred_at = event.occurred_at
-        self.first_touch_at = min(self.first_touch_at or occurred_at, occurred_at)
-        self.last_touch_at = max(self.last_touch_at or occurred_at, occurred_at)
-        self.last_event = (event.source, event.event_id)
-        transition = funnel.apply(self.position, event.type)
-        if transition is None:
-            return None
-        self.position = Position(transition.to_stage, occurred_at)
-        row = {
-            "funnel": funnel.name,
-            "lead_key": lead,
-            "from_stage": transition.from_stage,
-            "to_stage": transition.to_stage,
-            "kind": transition.kind.value,
-            "rule": transition.rule,
-            "source": event.source,
-            "event_id": event.event_id,
-            "event_type": event.type,
-            "occurred_at": occurred_at,
-        }
-        self.transitions.append(row)
-        return row
+    def fold(
+        self, funnel: Funnel, lead: str, event: _Event, history: Sequence[EventView]
+    ) -> list[dict[str, Any]]:
+        """Apply one event that comes after every event folded so far; return the new
+        facts to publish."""
+        view = event.view
+        at = view.occurred_at
+        self.first_touch_at = min(self.first_touch_at or at, at)
+        self.last_touch_at = max(self.last_touch_at or at, at)
+        self.last_event = (view.source, view.event_id)
+        result = funnel.step(self.state, view, history)
+        for rule, reason in result.skipped:
+            logger.warning(
+                "rule skipped funnel=%s rule=%s source=%s event_id=%s reason=%s",
+                funnel.name,
+                rule,
+                view.source,
+                view.event_id,
+                reason,
+            )
+            SKIPPED_RULES.labels(funnel.name, rule).inc()
+        self.state = result.state
+        facts: list[dict[str, Any]] = []
+        caused_by = {"source": view.source, "event_id": view.event_id, "event_type": view.type}
+        for change in result.changes:
+            if change.kind == "stage":
+                transition = {
+                    "funnel": funnel.name,
+                    "lead_key": lead,
+                    "from_stage": change.from_stage,
+                    "to_stage": change.to_stage,
+                    "kind": str(change.transition),
+                    "rule": change.rule,
+                    **caused_by,
+                    "occurred_at": at,
+                }
+                self.transitions.append(transition)
+                facts.append(_changed(funnel, transition))
+            elif change.kind == "score":
+                self.score_changes.append(
+                    {
+                        "funnel": funnel.name,
+                        "lead_key": lead,
+                        "score": change.score,
+                        "delta": change.delta,
+                        "value": change.value,
+                        "rule": change.rule,
+                        **caused_by,
+                        "occurred_at": at,
+                    }
+                )
+            else:  # a threshold crossed, or the sales-ready flag changed
+                facts.append(_fact(funnel, lead, change, view))
+        self.facts.extend(facts)
+        return facts
 
 
-def fold_all(funnel: Funnel, lead: str, events: Iterable[_EventRow]) -> _LeadFold:
-    result = _LeadFold(None, None, None, None)
-    for event in sorted(events, key=lambda e: e.key):
-        result.fold(funnel, lead, event)
+def _fact(funnel: Funnel, lead: str, change: Change, view: EventView) -> dict[str, Any]:
+    name = "LeadScoreThresholdCrossed" if change.kind == "threshold" else "LeadSalesReadyChanged"
+    return {
+        "event": name,
+        "schema_version": 1,
+        "change_id": change_id(
+            funnel.name,
+            lead,
+            view.source,
+            view.event_id,
+            change.kind,
+            change.rule,
+            change.sales_ready,
+        ),
+        "funnel": funnel.name,
+        "funnel_version": funnel.version,
+        "lead_id": lead,
+        "rule": change.rule,
+        "score": change.score,
+        "value": change.value,
+        "sales_ready": change.sales_ready,
+        "caused_by": {"source": view.source, "event_id": view.event_id, "type": view.type},
+        "occurred_at": view.occurred_at.isoformat(),
+    }
+
+
+class _Timeline:
+    """One lead's events in event-time order, for the counted-window rules' history."""
+
+    def __init__(self, events: Iterable[_Event] = ()) -> None:
+        self.events = sorted(events, key=lambda e: e.key)
+
+    def add(self, event: _Event) -> None:
+        bisect.insort(self.events, event, key=lambda e: e.key)
+
+    def before(self, event: _Event, window: timedelta) -> list[EventView]:
+        end = bisect.bisect_left(self.events, event.key, key=lambda e: e.key)
+        start = (
+            bisect.bisect_left(
+                self.events, event.view.occurred_at - window, key=lambda e: e.view.occurred_at
+            )
+            if window
+            else end
+        )
+        return [e.view for e in self.events[start:end]]
+
+
+def fold_all(funnel: Funnel, lead: str, timeline: _Timeline) -> _LeadFold:
+    result = _LeadFold(LeadState())
+    for event in timeline.events:
+        result.fold(funnel, lead, event, timeline.before(event, funnel.history_window))
     return result
-
-
-@dataclass(frozen=True)
-class _EventRow:
-    source: str
-    event_id: str
-    type: str
-    occurred_at: datetime
-
-    @property
-    def key(self) -> EventKey:
-        return event_key(self.occurred_at, self.source, self.event_id)
 
 
 def change_id(*parts: object) -> str:
@@ -247,153 +359,185 @@ def _changed(funnel: Funnel, transition: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _corrected(
-    funnel: Funnel, lead: str, event: _EventRow, fold: _LeadFold, withdrawn: list[str]
+    funnel: Funnel, lead: str, event: _Event, fold: _LeadFold, withdrawn: list[str]
 ) -> dict[str, Any]:
+    view = event.view
     return {
         "event": "LeadHistoryCorrected",
         "schema_version": 1,
-        "change_id": change_id("corrected", funnel.name, lead, event.source, event.event_id),
+        "change_id": change_id("corrected", funnel.name, lead, view.source, view.event_id),
         "funnel": funnel.name,
         "funnel_version": funnel.version,
         "lead_id": lead,
-        "stage": fold.position.stage if fold.position else None,
-        "stage_entered_at": fold.position.entered_at.isoformat() if fold.position else None,
+        "stage": fold.state.stage,
+        "stage_entered_at": (
+            fold.state.stage_entered_at.isoformat() if fold.state.stage_entered_at else None
+        ),
+        "sales_ready": fold.state.sales_ready,
         "withdrawn_change_ids": withdrawn,
-        "caused_by": {"source": event.source, "event_id": event.event_id, "type": event.type},
-        "occurred_at": event.occurred_at.isoformat(),
+        "caused_by": {"source": view.source, "event_id": view.event_id, "type": view.type},
+        "occurred_at": view.occurred_at.isoformat(),
     }
 
 
-def _transition_identity(row: Mapping[str, Any]) -> tuple[object, ...]:
-    return (row["source"], row["event_id"], row["to_stage"], row["kind"], row["from_stage"])
-
-
 async def _advance_leads(
-    session: AsyncSession, funnel: Funnel, fresh: Sequence[Touchpoint], outbox_topic: str
+    session: AsyncSession,
+    funnels: Sequence[Funnel],
+    fresh: Sequence[tuple[Touchpoint, Mapping[str, Any]]],
+    outbox_topic: str,
 ) -> int:
-    """Fold the batch's new events into each lead's state, in event time.
+    """Fold the batch's new events into each lead's state in every funnel, in event time.
 
     Each lead's new events are taken in arrival order. One that comes after every
     event already folded continues the fold. A late one (it belongs before events
     already folded) refolds the lead from its stored touchpoints, so the result
     equals processing every event in time order. Every change goes to the outbox
-    in the same transaction: a ``LeadStageChanged`` per new transition, and a
-    ``LeadHistoryCorrected`` (naming the withdrawn changes) when a late event
-    rewrites history. Which changes are published depends only on the arrival
-    order of the events, never on how they were split into batches.
+    in the same transaction: a ``LeadStageChanged`` per new transition (and
+    threshold and sales-ready facts), and a ``LeadHistoryCorrected`` naming the
+    withdrawn changes when a late event rewrites history. Which changes are
+    published depends only on the arrival order of the events, never on how they
+    were split into batches.
     """
-    arrivals: dict[str, list[_EventRow]] = {}
-    for tp in fresh:
+    arrivals: dict[str, list[_Event]] = {}
+    for tp, payload in fresh:
         arrivals.setdefault(tp.lead_key, []).append(
-            _EventRow(tp.source, tp.event_id, str(tp.type), tp.occurred_at)
+            _Event.from_payload(tp.source, tp.event_id, str(tp.type), tp.occurred_at, payload)
         )
     lead_keys = sorted(arrivals)
+    names = [funnel.name for funnel in funnels]
     # FOR UPDATE: a lead lives on one partition, hence one engine process; the lock
     # also guards replays running beside live work.
     existing = await session.execute(
         select(LeadStage)
-        .where(LeadStage.funnel == funnel.name, LeadStage.lead_key.in_(lead_keys))
+        .where(LeadStage.funnel.in_(names), LeadStage.lead_key.in_(lead_keys))
         .with_for_update()
     )
-    folds: dict[str, _LeadFold] = {}
+    stored: dict[tuple[str, str], _LeadFold] = {}
     for row in existing.scalars():
         last = (
             (row.last_event_source, row.last_event_id)
             if row.last_event_source is not None and row.last_event_id is not None
             else None
         )
-        folds[row.lead_key] = _LeadFold(
-            Position(row.stage, row.stage_entered_at), row.first_touch_at, row.last_touch_at, last
+        stored[(row.funnel, row.lead_key)] = _LeadFold(
+            LeadState.from_dict(row.state), row.first_touch_at, row.last_touch_at, last
         )
 
-    # A lead whose stored history must be read: a new lead (its earlier touches may
-    # have moved nothing but still count), or one with a late event.
-    needs_history = [
-        lead
-        for lead in lead_keys
-        if lead not in folds
-        or folds[lead].last_key is None
-        or any(e.key <= folds[lead].last_key for e in arrivals[lead])  # type: ignore[operator]
-        or any(a.key > b.key for a, b in itertools.pairwise(arrivals[lead]))
-    ]
-    history: dict[str, list[_EventRow]] = {lead: [] for lead in needs_history}
-    if needs_history:
-        fresh_ids = {(tp.source, tp.event_id) for tp in fresh}
-        rows = await session.execute(
-            select(
-                StoredTouchpoint.lead_key,
-                StoredTouchpoint.source,
-                StoredTouchpoint.event_id,
-                StoredTouchpoint.type,
-                StoredTouchpoint.occurred_at,
-            ).where(StoredTouchpoint.lead_key.in_(needs_history))
+    def in_order(funnel: Funnel, lead: str) -> bool:
+        fold = stored.get((funnel.name, lead))
+        last = fold.last_key if fold else None
+        events = arrivals[lead]
+        return (
+            last is not None
+            and all(e.key > last for e in events)
+            and all(a.key < b.key for a, b in itertools.pairwise(events))
         )
-        for lead, source, event_id, event_type, occurred_at in rows:
-            if (source, event_id) not in fresh_ids:  # history before this batch
-                history[lead].append(_EventRow(source, event_id, event_type, occurred_at))
 
-    rewritten: set[str] = set()
-    new_transitions: list[dict[str, Any]] = []
+    # Leads folded again from everything stored: new leads (earlier touches that moved
+    # nothing still count), and leads with a late event in some funnel.
+    full = sorted({lead for lead in lead_keys for f in funnels if not in_order(f, lead)})
+    window = max((f.history_window for f in funnels), default=timedelta(0))
+    partial = [lead for lead in lead_keys if lead not in set(full)] if window else []
+    timelines: dict[str, _Timeline] = {lead: _Timeline() for lead in lead_keys}
+    fresh_ids = {(tp.source, tp.event_id) for tp, _ in fresh}
+    for leads, since in (
+        (full, None),
+        (
+            partial,
+            min((e.view.occurred_at for lead in partial for e in arrivals[lead]), default=None),
+        ),
+    ):
+        if not leads:
+            continue
+        query = select(
+            StoredTouchpoint.lead_key,
+            StoredTouchpoint.source,
+            StoredTouchpoint.event_id,
+            StoredTouchpoint.type,
+            StoredTouchpoint.occurred_at,
+            StoredTouchpoint.payload,
+        ).where(StoredTouchpoint.lead_key.in_(leads))
+        if since is not None:
+            query = query.where(StoredTouchpoint.occurred_at >= since - window)
+        for lead, source, event_id, event_type, occurred_at, payload in await session.execute(
+            query
+        ):
+            if (source, event_id) not in fresh_ids:  # history from before this batch
+                timelines[lead].add(
+                    _Event.from_payload(source, event_id, event_type, occurred_at, payload)
+                )
+
+    rewritten: set[tuple[str, str]] = set()
+    folds: dict[tuple[str, str], _LeadFold] = {}
     outbox: list[dict[str, Any]] = []
     for lead in lead_keys:
-        seen = history.get(lead)
-        fold = folds.get(lead)
-        if seen is not None:
-            fold = fold_all(funnel, lead, seen)  # equals the stored state
-        assert fold is not None  # noqa: S101 - every lead has a state or a history
+        timeline = timelines[lead]
+        for funnel in funnels:
+            key = (funnel.name, lead)
+            # A stored state, or (full refold) the fold of everything stored so far,
+            # which equals the stored state.
+            fold = stored.get(key) if lead not in full else None
+            if fold is None:
+                fold = fold_all(funnel, lead, timeline)
+                fold.transitions, fold.score_changes, fold.facts = [], [], []
+            folds[key] = fold
         for event in arrivals[lead]:
-            folded_up_to = fold.last_key
-            if folded_up_to is None or event.key > folded_up_to:
-                transition = fold.fold(funnel, lead, event)
-                if transition is not None:
-                    new_transitions.append(transition)
-                    outbox.append(_outbox_row(outbox_topic, lead, _changed(funnel, transition)))
-                if seen is not None:
-                    seen.append(event)
-                continue
-            # A late event: refold, then publish the difference.
-            assert seen is not None  # noqa: S101 - late leads had their history read
-            seen.append(event)
-            refolded = fold_all(funnel, lead, seen)
-            before = {_transition_identity(t): t for t in fold.transitions}
-            after = {_transition_identity(t): t for t in refolded.transitions}
-            withdrawn = [
-                _changed(funnel, t)["change_id"] for k, t in before.items() if k not in after
-            ]
-            correction = _corrected(funnel, lead, event, refolded, withdrawn)
-            outbox.append(_outbox_row(outbox_topic, lead, correction))
-            outbox.extend(
-                _outbox_row(outbox_topic, lead, _changed(funnel, t))
-                for k, t in after.items()
-                if k not in before
-            )
-            fold = refolded
-            rewritten.add(lead)
-        folds[lead] = fold
+            for funnel in funnels:
+                key = (funnel.name, lead)
+                fold = folds[key]
+                folded_up_to = fold.last_key
+                if folded_up_to is None or event.key > folded_up_to:
+                    history = timeline.before(event, funnel.history_window)
+                    outbox.extend(
+                        _outbox_row(outbox_topic, lead, fact)
+                        for fact in fold.fold(funnel, lead, event, history)
+                    )
+                    continue
+                # A late event: refold, then publish the difference.
+                with_late = _Timeline([*timeline.events, event])
+                before_fold = fold_all(funnel, lead, timeline)
+                refolded = fold_all(funnel, lead, with_late)
+                before = {f["change_id"]: f for f in before_fold.facts}
+                after = {f["change_id"]: f for f in refolded.facts}
+                withdrawn = sorted(c for c in before if c not in after)
+                outbox.append(
+                    _outbox_row(
+                        outbox_topic, lead, _corrected(funnel, lead, event, refolded, withdrawn)
+                    )
+                )
+                outbox.extend(
+                    _outbox_row(outbox_topic, lead, f) for c, f in after.items() if c not in before
+                )
+                folds[key] = refolded
+                rewritten.add(key)
+            timeline.add(event)
 
     if rewritten:
-        await session.execute(
-            delete(LeadTransition).where(
-                LeadTransition.funnel == funnel.name,
-                LeadTransition.lead_key.in_(sorted(rewritten)),
-            )
-        )
-    transitions = [t for t in new_transitions if t["lead_key"] not in rewritten] + [
-        t for lead in sorted(rewritten) for t in folds[lead].transitions
-    ]
+        for funnel_name in sorted({name for name, _ in rewritten}):
+            leads = sorted(lead for name, lead in rewritten if name == funnel_name)
+            for model in (LeadTransition, LeadScoreChange):
+                await session.execute(
+                    delete(model).where(model.funnel == funnel_name, model.lead_key.in_(leads))
+                )
+    transitions = [t for key, fold in sorted(folds.items()) for t in fold.transitions]
+    score_changes = [c for key, fold in sorted(folds.items()) for c in fold.score_changes]
     upserts = [
         {
-            "funnel": funnel.name,
+            "funnel": funnel_name,
             "lead_key": lead,
-            "stage": fold.position.stage,
-            "stage_entered_at": fold.position.entered_at,
+            "funnel_version": versions[funnel_name],
+            "stage": fold.state.stage,
+            "stage_entered_at": fold.state.stage_entered_at,
+            "sales_ready": fold.state.sales_ready,
+            "state": fold.state.to_dict(),
             "first_touch_at": fold.first_touch_at,
             "last_touch_at": fold.last_touch_at,
             "last_event_source": fold.last_event[0] if fold.last_event else None,
             "last_event_id": fold.last_event[1] if fold.last_event else None,
         }
-        for lead, fold in sorted(folds.items())
-        if fold.position is not None
+        for (funnel_name, lead), fold in sorted(folds.items())
+        if fold.last_event is not None
+        for versions in [{f.name: f.version for f in funnels}]
     ]
     if upserts:
         statement = insert(table(LeadStage))
@@ -401,12 +545,11 @@ async def _advance_leads(
             statement.on_conflict_do_update(
                 index_elements=["funnel", "lead_key"],
                 set_={
-                    "stage": statement.excluded.stage,
-                    "stage_entered_at": statement.excluded.stage_entered_at,
-                    "first_touch_at": statement.excluded.first_touch_at,
-                    "last_touch_at": statement.excluded.last_touch_at,
-                    "last_event_source": statement.excluded.last_event_source,
-                    "last_event_id": statement.excluded.last_event_id,
+                    **{
+                        column: statement.excluded[column]
+                        for column in upserts[0]
+                        if column not in ("funnel", "lead_key")
+                    },
                     "updated_at": func.now(),
                 },
             ),
@@ -414,6 +557,8 @@ async def _advance_leads(
         )
     if transitions:
         await session.execute(insert(table(LeadTransition)), transitions)
+    if score_changes:
+        await session.execute(insert(table(LeadScoreChange)), score_changes)
     if outbox:
         await session.execute(insert(table(OutboxRecord)), outbox)
     return len(transitions)

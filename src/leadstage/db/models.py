@@ -12,6 +12,7 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Double,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -105,8 +106,13 @@ class LeadStage(Base):
 
     funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
     lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
-    stage: Mapped[str] = mapped_column(String(100))
-    stage_entered_at: Mapped[datetime] = mapped_column(Timestamp)
+    funnel_version: Mapped[int | None] = mapped_column(Integer)
+    # NULL while the lead has touches (and maybe scores) but no stage in this funnel.
+    stage: Mapped[str | None] = mapped_column(String(100))
+    stage_entered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    sales_ready: Mapped[bool] = mapped_column(server_default=text("false"), default=False)
+    # The funnel's whole LeadState (scores, their as-of time, once-only rules fired).
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     first_touch_at: Mapped[datetime] = mapped_column(Timestamp)
     last_touch_at: Mapped[datetime] = mapped_column(Timestamp)
     # The last event folded into this state, with last_touch_at its event-time
@@ -276,3 +282,23 @@ class OutboxRecord(Base):
     __table_args__ = (
         Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
     )
+
+
+class LeadScoreChange(Base):
+    """One change of one of a lead's scores, with the rule and event behind it."""
+
+    __tablename__ = "lead_score_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    funnel: Mapped[str] = mapped_column(String(100))
+    lead_key: Mapped[str] = mapped_column(String(262))
+    score: Mapped[str] = mapped_column(String(100))
+    delta: Mapped[float] = mapped_column(Double)
+    value: Mapped[float] = mapped_column(Double)
+    rule: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_lead_score_changes_lead", "funnel", "lead_key", "occurred_at"),)
