@@ -89,7 +89,7 @@ class StoredTouchpoint(Base):
 
     source: Mapped[str] = mapped_column(String(255), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    lead_key: Mapped[str] = mapped_column(String(262), index=True)
+    lead_key: Mapped[str] = mapped_column(String(262))
     type: Mapped[str] = mapped_column(String(120))
     occurred_at: Mapped[datetime] = mapped_column(Timestamp)
     received_at: Mapped[datetime] = mapped_column(Timestamp)
@@ -97,6 +97,9 @@ class StoredTouchpoint(Base):
     topic: Mapped[str] = mapped_column(String(249))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
+
+    # A lead's history in event time: refolds and counted-window rules read it.
+    __table_args__ = (Index("ix_touchpoints_lead_time", "lead_key", "occurred_at"),)
 
 
 class LeadStage(Base):
