@@ -34,6 +34,8 @@ from leadstage.transport.base import Record
 from leadstage_engine.processing import apply_batch
 
 B2B_SIX_STAGE = load_presets()["b2b-six-stage"]
+# Changes these tests make are not published by any running engine.
+OUTBOX_TOPIC = "tests.unpublished.lead-stage-changed.v1"
 JOURNEY = [
     TouchpointType.PAGE_VIEW,
     TouchpointType.EMAIL_OPENED,
@@ -78,7 +80,13 @@ async def measure(url: str, records: list[Record], batch: int) -> tuple[float, f
     started = time.perf_counter()
     for chunk in batches:
         async with unit_of_work(sessions) as session:
-            await apply_batch(session, chunk, consumer_group="bench", funnels=[B2B_SIX_STAGE])
+            await apply_batch(
+                session,
+                chunk,
+                consumer_group="bench",
+                funnels=[B2B_SIX_STAGE],
+                outbox_topic=OUTBOX_TOPIC,
+            )
     engine_seconds = time.perf_counter() - started
 
     async with unit_of_work(sessions) as session:

@@ -40,7 +40,11 @@ class Service:
         return self.process.wait(timeout=timeout)
 
 
-def start_service(role: str, env: dict[str, str], name: str) -> Service:
+def start_service(
+    role: str, env: dict[str, str], name: str, *, wait_for: str = "/readyz"
+) -> Service:
+    """Start ``leadstage <role>`` and wait until ``wait_for`` answers 200 (``/healthz``
+    for a service that is expected never to become ready)."""
     port = free_port()
     LOGS.mkdir(exist_ok=True)
     log = LOGS / f"{name}-{role}.log"
@@ -57,7 +61,7 @@ def start_service(role: str, env: dict[str, str], name: str) -> Service:
         if process.poll() is not None:
             raise RuntimeError(f"{role} exited early:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{service.url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{service.url}{wait_for}", timeout=1).status_code == 200:
                 return service
         except httpx.HTTPError:
             pass

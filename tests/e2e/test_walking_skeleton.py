@@ -145,7 +145,7 @@ async def test_an_unreachable_event_log_answers_503_with_retry_after(stack: Stac
     else:
         broken = {"LEADSTAGE_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/none"}
     env = {**stack.env, **broken, "LEADSTAGE_PRODUCE_TIMEOUT_SECONDS": "1"}
-    ingest = start_service_unready("ingest", env)
+    ingest = start_service("ingest", env, "unready", wait_for="/healthz")
     try:
         async with httpx.AsyncClient(timeout=15) as http:
             ready = await http.get(f"{ingest.url}/readyz")
@@ -164,36 +164,6 @@ async def test_an_unreachable_event_log_answers_503_with_retry_after(stack: Stac
     else:
         # Without its database ingest cannot even check the write key: still no 202.
         assert response.status_code in (500, 503), response.text
-
-
-def start_service_unready(role: str, env: dict[str, str]) -> Any:
-    """Start a service that is expected never to become ready; wait for /healthz only."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.e2e.conftest import LOGS, Service, free_port
-
-    port = free_port()
-    LOGS.mkdir(exist_ok=True)
-    log = LOGS / f"unready-{role}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "leadstage", role],
-            env={**os.environ, **env, "LEADSTAGE_HTTP_PORT": str(port)},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(role, f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{service.url}/healthz", timeout=1).status_code == 200:
-                return service
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    service.stop()
-    raise RuntimeError(f"{role} did not start:\n{log.read_text()[-3000:]}")
 
 
 async def test_sigterm_stops_the_engine_cleanly(stack: Stack) -> None:

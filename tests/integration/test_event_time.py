@@ -22,6 +22,8 @@ from leadstage_engine.processing import apply_batch
 from tests.conftest import Environment
 
 B2B_SIX_STAGE = load_presets()["b2b-six-stage"]
+# Changes these tests make are not published by any running engine.
+OUTBOX_TOPIC = "tests.unpublished.lead-stage-changed.v1"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TYPES = [
     "page_view",
@@ -98,6 +100,7 @@ async def process(environment: Environment, batches: list[list[Record]]) -> None
                     batch,
                     consumer_group=f"g-{secrets.token_hex(3)}",
                     funnels=[B2B_SIX_STAGE],
+                    outbox_topic=OUTBOX_TOPIC,
                 )
     finally:
         await database.dispose()

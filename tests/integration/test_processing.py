@@ -18,6 +18,8 @@ from leadstage.transport.base import Record
 from leadstage_engine.processing import BatchOutcome, apply_batch
 
 B2B_SIX_STAGE = load_presets()["b2b-six-stage"]
+# Changes these tests make are not published by any running engine.
+OUTBOX_TOPIC = "tests.unpublished.lead-stage-changed.v1"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
@@ -46,7 +48,13 @@ def touchpoint_record(
 
 async def apply(sessions: SessionFactory, records: Sequence[Record], group: str) -> BatchOutcome:
     async with unit_of_work(sessions) as session:
-        return await apply_batch(session, records, consumer_group=group, funnels=[B2B_SIX_STAGE])
+        return await apply_batch(
+            session,
+            records,
+            consumer_group=group,
+            funnels=[B2B_SIX_STAGE],
+            outbox_topic=OUTBOX_TOPIC,
+        )
 
 
 async def lead_state(sessions: SessionFactory, lead: str) -> dict[str, Any]:
@@ -141,6 +149,7 @@ async def test_a_failed_transaction_leaves_neither_state_nor_offsets(
                 [touchpoint_record(lead, "page_view", 1, offset=0)],
                 consumer_group=group,
                 funnels=[B2B_SIX_STAGE],
+                outbox_topic=OUTBOX_TOPIC,
             )
             raise RuntimeError("crash after the work, before the commit")
 

@@ -112,14 +112,18 @@ def parse_native_batch(body: bytes, max_events: int) -> list[Any]:
     events = envelope.get("events")
     if not isinstance(events, list):
         raise _error(Rejected(ErrorKind.SCHEMA_VIOLATION, "events", "a list of events is required"))
-    if len(events) > max_events:
+    _check_batch_size(len(events), max_events, field="events", noun="events")
+    return events
+
+
+def _check_batch_size(count: int, max_events: int, *, field: str, noun: str) -> None:
+    if count > max_events:
         raise ApiError(
             status.HTTP_413_CONTENT_TOO_LARGE,
             ErrorKind.SIZE_VIOLATION,
-            f"A batch holds at most {max_events} events; this one has {len(events)}.",
-            details=[ErrorDetail(field="events", reason=f"at most {max_events} events")],
+            f"A batch holds at most {max_events} {noun}; this one has {count}.",
+            details=[ErrorDetail(field=field, reason=f"at most {max_events} {noun}")],
         )
-    return events
 
 
 def batch_result(outcomes: Sequence[EventOutcome]) -> BatchResult:
@@ -160,13 +164,7 @@ def segment_batch_messages(envelope: Mapping[str, Any], max_events: int) -> list
         messages, _, _ = segment.split_batch(envelope)
     except segment.SegmentMappingError as error:
         raise _error(Rejected(ErrorKind.SCHEMA_VIOLATION, error.field, error.reason)) from error
-    if len(messages) > max_events:
-        raise ApiError(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            ErrorKind.SIZE_VIOLATION,
-            f"A batch holds at most {max_events} messages; this one has {len(messages)}.",
-            details=[ErrorDetail(field="batch", reason=f"at most {max_events} messages")],
-        )
+    _check_batch_size(len(messages), max_events, field="batch", noun="messages")
     return list(messages)
 
 

@@ -56,7 +56,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
         loop_task = asyncio.create_task(engine.run(), name="stage-engine")
         loop_task.add_done_callback(_exit_on_crash)
         relay_task = asyncio.create_task(
-            relay_forever(sessions, publisher, relay_stopping), name="outbox-relay"
+            relay_forever(sessions, publisher, settings.lead_stage_changed_topic, relay_stopping),
+            name="outbox-relay",
         )
         try:
             yield

@@ -21,15 +21,19 @@ from leadstage.transport.base import OutgoingRecord, Publisher, TransportUnavail
 
 logger = logging.getLogger(__name__)
 
-#: Any number unique to this lock in the database (advisory locks are global).
-RELAY_LOCK = 0x4C53_4F42  # "LSOB"
 
+async def relay_once(
+    sessions: SessionFactory, publisher: Publisher, topic: str, *, limit: int = 500
+) -> int:
+    """Publish up to ``limit`` unpublished changes of ``topic``; return how many.
 
-async def relay_once(sessions: SessionFactory, publisher: Publisher, *, limit: int = 500) -> int:
-    """Publish up to ``limit`` unpublished changes; return how many were published."""
+    Only this deployment's topic: rows another deployment sharing the database
+    wrote are not ours to publish (and must not block ours).
+    """
     async with unit_of_work(sessions) as session:
         locked = await session.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:lock)"), {"lock": RELAY_LOCK}
+            text("SELECT pg_try_advisory_xact_lock(hashtextextended(:lock, 0))"),
+            {"lock": f"leadstage-outbox:{topic}"},
         )
         if not locked:
             return 0  # another relay is publishing
@@ -42,7 +46,7 @@ async def relay_once(sessions: SessionFactory, publisher: Publisher, *, limit: i
                     OutboxRecord.change_id,
                     OutboxRecord.payload,
                 )
-                .where(OutboxRecord.published_at.is_(None))
+                .where(OutboxRecord.published_at.is_(None), OutboxRecord.topic == topic)
                 .order_by(OutboxRecord.id)
                 .limit(limit)
             )
@@ -65,12 +69,12 @@ async def relay_once(sessions: SessionFactory, publisher: Publisher, *, limit: i
 
 
 async def relay_forever(
-    sessions: SessionFactory, publisher: Publisher, stopping: asyncio.Event
+    sessions: SessionFactory, publisher: Publisher, topic: str, stopping: asyncio.Event
 ) -> None:
     """Publish continuously until ``stopping`` is set, then drain what is committed."""
     while True:
         try:
-            published = await relay_once(sessions, publisher)
+            published = await relay_once(sessions, publisher, topic)
         except (TransportUnavailableError, OSError) as error:
             logger.warning("outbox relay could not publish (%r); retrying", error)
             published = 0

@@ -95,7 +95,7 @@ async def apply_batch(
     *,
     consumer_group: str,
     funnels: Sequence[Funnel],
-    outbox_topic: str = "lead-stage-changed.v1",
+    outbox_topic: str,
 ) -> BatchOutcome:
     """Store the batch's touchpoints, move leads, and record the consumed offsets."""
     parsed, rejected = parse_records(records)
