@@ -32,11 +32,9 @@ from leadstage_ingest.validation import ErrorKind, Rejected, parse_json
 
 logger = logging.getLogger(__name__)
 
-SEGMENT_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
-
 
 def is_segment_shaped(payload: Mapping[str, Any]) -> bool:
-    return "occurred_at" not in payload and payload.get("type") in SEGMENT_TYPES
+    return "occurred_at" not in payload and payload.get("type") in set(segment.SegmentMessageType)
 
 
 class RawIntake:
@@ -166,6 +164,3 @@ class RawIntake:
         candidate.origin = origin
         candidate.original = record.value  # dead letters keep the bytes as produced
         return sender.name, candidate
-
-
-__all__ = ["RawIntake", "is_segment_shaped", "segment"]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response, status
 from leadstage.credentials import Source
 from leadstage.http import ApiError, ErrorEnvelope
 from leadstage_ingest import intake as http_intake
+from leadstage_ingest import segment
 from leadstage_ingest.schemas import (
     BatchResult,
     EventBatch,
@@ -113,9 +114,6 @@ async def post_batch(request: Request, response: Response, key: PresentedKey) ->
     return result
 
 
-SEGMENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
-
-
 def _segment_route(message_type: str) -> None:
     async def post_segment(
         request: Request, response: Response, key: PresentedKey
@@ -144,8 +142,8 @@ def _segment_route(message_type: str) -> None:
     )
 
 
-for _type in SEGMENT_TYPES:
-    _segment_route(_type)
+for _type in segment.SegmentMessageType:
+    _segment_route(_type.value)
 
 
 @router.post(

@@ -11,7 +11,7 @@ from leadstage.funnels import DEFAULT_FUNNEL
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
 from leadstage_api import service
 from leadstage_api.dependencies import Session, require_scope
-from leadstage_api.schemas import LeadView
+from leadstage_api.schemas import LeadPage, LeadView
 
 router = APIRouter(prefix="/v1", tags=["leads"])
 
@@ -32,6 +32,19 @@ async def get_lead(
     lead_id: Annotated[str, Path(max_length=262, description="The lead's id (its lead key).")],
     funnel: Annotated[str, Query(max_length=100)] = DEFAULT_FUNNEL,
 ) -> LeadView:
+    check_funnel(request, funnel)
+    # An id merged into another lead (an alias, a known lead absorbing an anonymous
+    # one) answers with the lead it now belongs to.
+    canonical = await service.resolve_lead(session, "lead_id", lead_id) or lead_id
+    lead = await service.get_lead(
+        session, canonical, funnel=funnel, history_limit=request.app.state.settings.history_page_max
+    )
+    if lead is None:
+        raise ApiError(status.HTTP_404_NOT_FOUND, "not_found", f"No lead {lead_id!r} in {funnel}.")
+    return lead
+
+
+def check_funnel(request: Request, funnel: str) -> None:
     funnels = request.app.state.funnels
     if funnel not in funnels:
         raise ApiError(
@@ -40,9 +53,56 @@ async def get_lead(
             f"Unknown funnel {funnel!r}.",
             details=[ErrorDetail(field="funnel", reason=f"active: {', '.join(sorted(funnels))}")],
         )
-    lead = await service.get_lead(
-        session, lead_id, funnel=funnel, history_limit=request.app.state.settings.history_page_max
+
+
+@router.get(
+    "/leads",
+    summary="Find a lead by email or anonymous id, or list a funnel's leads",
+    description="With `email` or `anonymous_id`: that person's lead (as `GET /v1/leads/{id}`). "
+    "Otherwise a page of the funnel's leads, filtered by `stage` and `sales_ready`, in lead id "
+    "order; follow `next_cursor`.",
+    responses={
+        **ERROR_RESPONSES,
+        403: {"model": ErrorEnvelope, "description": "The token lacks the leads:read scope."},
+        404: {"model": ErrorEnvelope, "description": "Unknown person, funnel or stage."},
+    },
+    response_model=LeadView | LeadPage,
+)
+async def find_leads(
+    request: Request,
+    session: Session,
+    _: Annotated[Caller, Depends(require_scope(SCOPE_READ_LEADS))],
+    funnel: Annotated[str, Query(max_length=100)] = DEFAULT_FUNNEL,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    anonymous_id: Annotated[str | None, Query(max_length=255)] = None,
+    stage: Annotated[str | None, Query(max_length=100)] = None,
+    sales_ready: bool | None = None,
+    cursor: Annotated[str | None, Query(max_length=262)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> LeadView | LeadPage:
+    check_funnel(request, funnel)
+    if email is not None or anonymous_id is not None:
+        kind, value = ("email", email.strip().lower()) if email else ("anonymous_id", anonymous_id)
+        assert value is not None  # noqa: S101 - one of the two is set
+        canonical = await service.resolve_lead(session, kind, value)
+        lead = canonical and await service.get_lead(
+            session,
+            canonical,
+            funnel=funnel,
+            history_limit=request.app.state.settings.history_page_max,
+        )
+        if not lead:
+            raise ApiError(status.HTTP_404_NOT_FOUND, "not_found", f"No lead with that {kind}.")
+        return lead
+    if stage is not None:
+        definition = request.app.state.funnels[funnel]
+        if stage not in (*definition.stages, *definition.exits):
+            raise ApiError(
+                status.HTTP_404_NOT_FOUND,
+                "not_found",
+                f"Unknown stage {stage!r} in {funnel}.",
+                details=[ErrorDetail(field="stage", reason="not a stage or exit of the funnel")],
+            )
+    return await service.list_leads(
+        session, funnel=funnel, stage=stage, sales_ready=sales_ready, after=cursor, limit=limit
     )
-    if lead is None:
-        raise ApiError(status.HTTP_404_NOT_FOUND, "not_found", f"No lead {lead_id!r} in {funnel}.")
-    return lead

@@ -20,6 +20,22 @@ class TransitionView(BaseModel):
     occurred_at: datetime
 
 
+class LeadSummary(BaseModel):
+    lead_id: str
+    funnel: str
+    stage: str | None
+    stage_entered_at: datetime | None
+    sales_ready: bool
+    last_touch_at: datetime
+
+
+class LeadPage(BaseModel):
+    """One page of leads, in lead id order; pass `next_cursor` back for the next page."""
+
+    leads: list[LeadSummary]
+    next_cursor: str | None = Field(description="None on the last page.")
+
+
 class LeadView(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={

@@ -5,8 +5,48 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadstage.db.models import LeadStage, LeadTransition
-from leadstage_api.schemas import LeadView, TransitionView
+from leadstage.db.models import Identity, LeadStage, LeadTransition
+from leadstage_api.schemas import LeadPage, LeadSummary, LeadView, TransitionView
+
+
+async def resolve_lead(session: AsyncSession, kind: str, value: str) -> str | None:
+    """The canonical lead an identifier (lead_id, email, anonymous_id) belongs to,
+    following merges; None if ingest never saw it."""
+    return await session.scalar(
+        select(Identity.lead_id).where(Identity.kind == kind, Identity.value == value)
+    )
+
+
+async def list_leads(
+    session: AsyncSession,
+    *,
+    funnel: str,
+    stage: str | None,
+    sales_ready: bool | None,
+    after: str | None,
+    limit: int,
+) -> LeadPage:
+    """Leads of a funnel in lead id order (stable), a page at a time (keyset)."""
+    query = select(LeadStage).where(LeadStage.funnel == funnel)
+    if stage is not None:
+        query = query.where(LeadStage.stage == stage)
+    if sales_ready is not None:
+        query = query.where(LeadStage.sales_ready == sales_ready)
+    if after is not None:
+        query = query.where(LeadStage.lead_key > after)
+    rows = (await session.scalars(query.order_by(LeadStage.lead_key).limit(limit + 1))).all()
+    leads = [
+        LeadSummary(
+            lead_id=row.lead_key,
+            funnel=row.funnel,
+            stage=row.stage,
+            stage_entered_at=row.stage_entered_at,
+            sales_ready=row.sales_ready,
+            last_touch_at=row.last_touch_at,
+        )
+        for row in rows[:limit]
+    ]
+    return LeadPage(leads=leads, next_cursor=leads[-1].lead_id if len(rows) > limit else None)
 
 
 async def get_lead(

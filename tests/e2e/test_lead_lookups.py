@@ -1,0 +1,78 @@
+"""Lead lookups for internal services, through the Python client, on the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import httpx
+
+from leadstage.client import AsyncLeadStageClient, LeadStageClient
+from tests.e2e.conftest import Stack
+from tests.e2e.test_walking_skeleton import wait_for_stage
+
+
+async def test_find_by_email_and_anonymous_id_and_list_by_stage(stack: Stack) -> None:
+    run = secrets.token_hex(4)
+    anonymous, lead = f"anon-{run}", f"lead-{run}"
+    email = f"{lead}@corp-{run}.example"
+    url = f"{stack.ingest.url}/v1/events"
+    async with httpx.AsyncClient(timeout=10) as http:
+        for body in (
+            {"type": "page_view", "anonymous_id": anonymous, "occurred_at": "2026-11-20T10:00:00Z"},
+            {
+                "type": "demo_requested",
+                "anonymous_id": anonymous,
+                "lead_id": lead,
+                "email": email,
+                "occurred_at": "2026-11-20T11:00:00Z",
+            },
+            *[
+                {
+                    "type": "demo_requested",
+                    "lead_id": f"{lead}-{n}",
+                    "occurred_at": "2026-11-20T11:00:00Z",
+                }
+                for n in range(5)
+            ],
+        ):
+            assert (await http.post(url, headers=stack.write_headers, json=body)).status_code == 202
+        await wait_for_stage(http, stack, f"{lead}-4", "Action")
+        await wait_for_stage(http, stack, lead, "Action")
+
+    async with AsyncLeadStageClient(stack.api.url, stack.api_token) as client:
+        by_email = await client.find_lead(email=email.upper())
+        by_anonymous = await client.find_lead(anonymous_id=anonymous)
+        merged = await client.get_lead(f"anon:{anonymous}")  # the merged id follows
+        nobody = await client.find_lead(email=f"nobody-{run}@corp.example")
+    assert by_email is not None
+    assert by_email.lead_id == lead
+    assert by_anonymous is not None
+    assert by_anonymous.lead_id == lead
+    assert merged is not None
+    assert merged.lead_id == lead
+    assert nobody is None
+
+    def listed() -> list[str]:
+        with LeadStageClient(stack.api.url, stack.api_token) as client:
+            return [
+                summary.lead_id
+                for summary in client.iter_leads(stage="Action", page_size=2)
+                if summary.lead_id.startswith(lead)
+            ]
+
+    found = await asyncio.to_thread(listed)
+    assert found == sorted(found)  # stable order across pages
+    assert set(found) == {lead, *(f"{lead}-{n}" for n in range(5))}
+
+
+async def test_bad_list_parameters_get_clear_errors(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=10, headers=stack.read_headers) as http:
+        stage = await http.get(f"{stack.api.url}/v1/leads", params={"stage": "Nirvana"})
+        funnel = await http.get(f"{stack.api.url}/v1/leads", params={"funnel": "nope"})
+        limit = await http.get(f"{stack.api.url}/v1/leads", params={"limit": 10_000})
+    assert stage.status_code == 404
+    assert stage.json()["error"]["details"][0]["field"] == "stage"
+    assert funnel.status_code == 404
+    assert limit.status_code == 422
+    assert limit.json()["error"]["details"][0]["field"] == "limit"
