@@ -266,9 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from leadstage.funnels import FunnelDefinitionError
+
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except (FunnelDefinitionError, ValidationError) as error:
+        # Configuration a person must fix: say what and where, without a traceback.
+        sys.stderr.write(f"leadstage: refusing to start: {error}\n")
+        return 2
 
 
 if __name__ == "__main__":
