@@ -174,6 +174,42 @@ def _dlq(args: argparse.Namespace) -> int:
     return _with_database(action)
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select, update
+
+    from leadstage.db.models import WebhookSubscription
+    from leadstage.db.session import unit_of_work
+
+    async def action(sessions: Any) -> int:
+        async with unit_of_work(sessions) as session:
+            if args.webhooks_command == "add":
+                subscription = WebhookSubscription(
+                    url=args.url, secret=args.secret, events=args.event, funnels=args.funnel
+                )
+                session.add(subscription)
+                await session.flush()
+                _print(f"webhook {subscription.id} -> {args.url}")
+            elif args.webhooks_command == "remove":
+                result = await session.execute(
+                    update(WebhookSubscription)
+                    .where(WebhookSubscription.id == args.id)
+                    .values(disabled_at=func.now())
+                )
+                if not result.rowcount:  # type: ignore[attr-defined]
+                    _print(f"no webhook {args.id}")
+                    return 1
+                _print(f"webhook {args.id} removed")
+            else:
+                for row in await session.scalars(
+                    select(WebhookSubscription).order_by(WebhookSubscription.id)
+                ):
+                    state = "removed" if row.disabled_at else "active"
+                    _print(f"{row.id}\t{row.url}\t{','.join(row.events) or '*'}\t{state}")
+        return 0
+
+    return _with_database(action)
+
+
 def _services(args: argparse.Namespace) -> int:
     from leadstage.local import services
 
@@ -245,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--limit", type=int, default=100)
     replay = dead_commands.add_parser("replay", help="send dead letters back through ingest")
     replay.add_argument("--kind", help="only this error kind")
+
+    hooks = commands.add_parser("webhooks", help="HTTP endpoints that receive every change")
+    hooks.set_defaults(handler=_webhooks)
+    hook_commands = hooks.add_subparsers(dest="webhooks_command", required=True)
+    add = hook_commands.add_parser("add")
+    add.add_argument("--url", required=True)
+    add.add_argument("--secret", required=True, help="HMAC-SHA256 signing secret")
+    add.add_argument("--event", action="append", default=[], help="e.g. LeadStageChanged")
+    add.add_argument("--funnel", action="append", default=[])
+    hook_commands.add_parser("list")
+    hook_commands.add_parser("remove").add_argument("id", type=int)
 
     services = commands.add_parser("services", help="local PostgreSQL and Kafka")
     services.set_defaults(handler=_services)

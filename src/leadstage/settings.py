@@ -167,6 +167,9 @@ class EngineSettings(ServiceSettings):
     http_port: int = Field(default=8082, ge=1, le=65535)
     consumer_group: str = "leadstage-stage-engine"
     batch_max_records: int = Field(default=500, ge=1)
+    webhooks_enabled: bool = True
+    webhook_max_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_first_retry_seconds: float = Field(default=0.5, ge=0)
     poll_timeout_ms: int = Field(default=200, ge=1)
 
 

@@ -101,6 +101,7 @@ def stack(request: pytest.FixtureRequest, environment: Environment) -> Iterator[
         # Each transport's engine keeps its own positions.
         "LEADSTAGE_CONSUMER_GROUP": f"e2e-{transport}",
         "LEADSTAGE_WRITE_KEY_CACHE_SECONDS": "0",
+        "LEADSTAGE_WEBHOOK_FIRST_RETRY_SECONDS": "0.05",
     }
     write_key = last_line(leadstage_cli("keys", "create", "--source", "e2e", env=env))
     api_token = last_line(

@@ -22,6 +22,7 @@ from leadstage.settings import EngineSettings
 from leadstage.transport import create_publisher, create_source
 from leadstage_engine.consumer import StageEngine
 from leadstage_engine.outbox import relay_forever
+from leadstage_engine.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,18 @@ def create_app(settings: EngineSettings) -> FastAPI:
         funnels=list(settings.active_funnels().values()),
     )
     relay_stopping = asyncio.Event()
+    webhooks = WebhookDispatcher(
+        sessions,
+        create_source(
+            settings,
+            sessions,
+            topic=settings.lead_stage_changed_topic,
+            group=f"{settings.consumer_group}-webhooks",
+        ),
+        group=f"{settings.consumer_group}-webhooks",
+        max_attempts=settings.webhook_max_attempts,
+        first_retry_seconds=settings.webhook_first_retry_seconds,
+    )
 
     def _exit_on_crash(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -55,6 +68,11 @@ def create_app(settings: EngineSettings) -> FastAPI:
         await publisher.start()
         loop_task = asyncio.create_task(engine.run(), name="stage-engine")
         loop_task.add_done_callback(_exit_on_crash)
+        webhook_task = (
+            asyncio.create_task(webhooks.run(), name="webhooks")
+            if settings.webhooks_enabled
+            else None
+        )
         relay_task = asyncio.create_task(
             relay_forever(sessions, publisher, settings.lead_stage_changed_topic, relay_stopping),
             name="outbox-relay",
@@ -75,6 +93,12 @@ def create_app(settings: EngineSettings) -> FastAPI:
                 await asyncio.wait_for(relay_task, timeout=30)
             except TimeoutError:
                 logger.warning("outbox relay did not drain in time; it resumes on restart")
+            webhooks.request_stop()
+            if webhook_task is not None:
+                _done, pending = await asyncio.wait({webhook_task}, timeout=15)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(webhook_task, return_exceptions=True)
             await publisher.stop()
             await database.dispose()
 

@@ -305,3 +305,34 @@ class LeadScoreChange(Base):
     occurred_at: Mapped[datetime] = mapped_column(Timestamp)
 
     __table_args__ = (Index("ix_lead_score_changes_lead", "funnel", "lead_key", "occurred_at"),)
+
+
+class WebhookSubscription(Base):
+    """An HTTP endpoint (e.g. a CRM) that receives published changes, signed with HMAC.
+
+    The signing secret is stored as given: the service needs it to sign.
+    """
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(255))
+    events: Mapped[list[str]] = mapped_column(ARRAY(String(64)), server_default="{}")
+    funnels: Mapped[list[str]] = mapped_column(ARRAY(String(100)), server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    disabled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class WebhookDeadLetter(Base):
+    """A change a subscription did not accept after every retry."""
+
+    __tablename__ = "webhook_dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    change_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(String(1000))
+    failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
