@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 
-from leadstage.credentials import SCOPE_READ_LEADS, Caller
+from leadstage.credentials import SCOPE_READ_LEADS, SCOPE_READ_METRICS, Caller
 from leadstage.funnels import DEFAULT_FUNNEL
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
-from leadstage_api import service
+from leadstage_api import funnel_metrics, service
 from leadstage_api.dependencies import Session, require_scope
-from leadstage_api.schemas import LeadPage, LeadView
+from leadstage_api.schemas import FunnelSummary, LeadPage, LeadView
 
 router = APIRouter(prefix="/v1", tags=["leads"])
 
@@ -105,4 +106,52 @@ async def find_leads(
             )
     return await service.list_leads(
         session, funnel=funnel, stage=stage, sales_ready=sales_ready, after=cursor, limit=limit
+    )
+
+
+@router.get(
+    "/funnels/{funnel}/summary",
+    tags=["funnels"],
+    summary="Per stage: current, reached, conversion, drop-off (in progress vs dropped)",
+    description="Over the leads that entered the funnel in [`from`, `to`). A lead that "
+    "skipped stages counts as having reached them. Rates with nothing to divide by are "
+    "null with a reason.",
+    responses={
+        **ERROR_RESPONSES,
+        403: {"model": ErrorEnvelope, "description": "The token lacks the metrics:read scope."},
+        404: {"model": ErrorEnvelope, "description": "Unknown funnel."},
+    },
+)
+async def funnel_summary(
+    request: Request,
+    session: Session,
+    _: Annotated[Caller, Depends(require_scope(SCOPE_READ_METRICS))],
+    funnel: Annotated[str, Path(max_length=100)],
+    entered_from: Annotated[datetime | None, Query(alias="from")] = None,
+    entered_to: Annotated[datetime | None, Query(alias="to")] = None,
+    window_days: Annotated[int, Query(ge=1, le=365)] = 30,
+) -> FunnelSummary:
+    check_funnel(request, funnel)
+    for name, value in (("from", entered_from), ("to", entered_to)):
+        if value is not None and value.tzinfo is None:
+            raise ApiError(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                "schema_violation",
+                "Naive time.",
+                details=[ErrorDetail(field=name, reason="give a time zone offset")],
+            )
+    if entered_from and entered_to and entered_from >= entered_to:
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "schema_violation",
+            "Empty date range.",
+            details=[ErrorDetail(field="to", reason="must be after from")],
+        )
+    return await funnel_metrics.summary(
+        session,
+        request.app.state.funnels[funnel],
+        entered_from=entered_from,
+        entered_to=entered_to,
+        as_of=entered_to or datetime.now(UTC),
+        window=timedelta(days=window_days),
     )

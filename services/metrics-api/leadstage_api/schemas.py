@@ -20,6 +20,37 @@ class TransitionView(BaseModel):
     occurred_at: datetime
 
 
+class Ratio(BaseModel):
+    """A rate, or None with the reason (e.g. nothing to divide by): never NaN."""
+
+    value: float | None
+    reason: str | None = None
+
+
+class StageSummary(BaseModel):
+    stage: str
+    group: str = Field(description="tofu, mofu or bofu.")
+    current: int = Field(description="Leads in this stage now.")
+    reached: int = Field(description="Leads whose furthest stage is this one or beyond.")
+    step_conversion: Ratio = Field(description="reached / reached at the previous stage.")
+    cumulative_conversion: Ratio = Field(description="reached / reached at the first stage.")
+    drop_off: int = Field(description="Reached the previous stage, not this one.")
+    in_progress: int = Field(description="Of the drop-off: still active within the window.")
+    dropped: int = Field(description="Of the drop-off: exited, or no touch within the window.")
+
+
+class FunnelSummary(BaseModel):
+    funnel: str
+    funnel_version: int
+    entered_from: datetime | None
+    entered_to: datetime | None
+    as_of: datetime
+    conversion_window_days: int
+    leads: int = Field(description="Leads that entered the funnel in the period.")
+    exits: dict[str, int] = Field(description="Leads now in each exit state.")
+    stages: list[StageSummary]
+
+
 class LeadSummary(BaseModel):
     lead_id: str
     funnel: str
