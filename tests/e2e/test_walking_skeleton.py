@@ -65,6 +65,10 @@ async def test_a_page_view_then_a_demo_request_puts_the_lead_in_action(stack: St
         ("Awareness", "Action", "skipped", "demo_requested"),
     ]
     assert lead_view["stage_entered_at"] == "2026-11-20T09:07:00Z"
+    awareness, action = lead_view["stage_times"]
+    assert (awareness["stage"], awareness["cumulative_seconds"]) == ("Awareness", 420.0)
+    assert awareness["last_exited_at"] == "2026-11-20T09:07:00Z"
+    assert (action["stage"], action["last_exited_at"]) == ("Action", None)
 
 
 async def test_a_resent_event_is_stored_and_counted_once(stack: Stack) -> None:

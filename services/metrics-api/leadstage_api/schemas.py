@@ -51,6 +51,15 @@ class FunnelSummary(BaseModel):
     stages: list[StageSummary]
 
 
+class StageTime(BaseModel):
+    """How long a lead spent in a stage, as CRMs report it."""
+
+    stage: str
+    first_entered_at: datetime
+    last_exited_at: datetime | None = Field(description="None while the lead is still there.")
+    cumulative_seconds: float = Field(description="All visits, the current one up to now.")
+
+
 class LeadSummary(BaseModel):
     lead_id: str
     funnel: str
@@ -117,4 +126,5 @@ class LeadView(BaseModel):
     scores_as_of: datetime | None = None
     first_touch_at: datetime
     last_touch_at: datetime
+    stage_times: list[StageTime] = Field(default_factory=list)
     transitions: list[TransitionView]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.db.models import Identity, LeadStage, LeadTransition
-from leadstage_api.schemas import LeadPage, LeadSummary, LeadView, TransitionView
+from leadstage_api.schemas import LeadPage, LeadSummary, LeadView, StageTime, TransitionView
 
 
 async def resolve_lead(session: AsyncSession, kind: str, value: str) -> str | None:
@@ -49,6 +53,26 @@ async def list_leads(
     return LeadPage(leads=leads, next_cursor=leads[-1].lead_id if len(rows) > limit else None)
 
 
+def stage_times(transitions: Sequence[TransitionView], now: datetime) -> list[StageTime]:
+    """Per stage: first entered, last exited, cumulative time (in visit order)."""
+    times: dict[str, StageTime] = {}
+    for current, following in itertools.zip_longest(transitions, transitions[1:]):
+        left = following.occurred_at if following is not None else None
+        spent = ((left or max(now, current.occurred_at)) - current.occurred_at).total_seconds()
+        known = times.get(current.to_stage)
+        if known is None:
+            times[current.to_stage] = StageTime(
+                stage=current.to_stage,
+                first_entered_at=current.occurred_at,
+                last_exited_at=left,
+                cumulative_seconds=spent,
+            )
+        else:
+            known.last_exited_at = left
+            known.cumulative_seconds += spent
+    return list(times.values())
+
+
 async def get_lead(
     session: AsyncSession, lead_id: str, *, funnel: str, history_limit: int
 ) -> LeadView | None:
@@ -61,6 +85,7 @@ async def get_lead(
         .order_by(LeadTransition.occurred_at, LeadTransition.id)
         .limit(history_limit)
     )
+    history = [TransitionView.model_validate(t) for t in transitions]
     state = lead.state or {}
     return LeadView(
         lead_id=lead.lead_key,
@@ -73,5 +98,6 @@ async def get_lead(
         scores_as_of=state.get("scores_as_of"),
         first_touch_at=lead.first_touch_at,
         last_touch_at=lead.last_touch_at,
-        transitions=[TransitionView.model_validate(t) for t in transitions],
+        stage_times=stage_times(history, datetime.now(UTC)),
+        transitions=history,
     )
