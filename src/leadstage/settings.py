@@ -82,6 +82,11 @@ class ServiceSettings(BaseSettings):
         return f"{self.topic_prefix}lead-stage-changed.v1"
 
     @property
+    def account_stage_changed_topic(self) -> str:
+        """Where the engine publishes account changes (AccountStageChanged, ...)."""
+        return f"{self.topic_prefix}account-stage-changed.v1"
+
+    @property
     def raw_touchpoints_topic(self) -> str:
         """Where tools that produce straight to Kafka write raw JSON for ingest to check."""
         return f"{self.topic_prefix}touchpoints.raw.v1"
@@ -171,6 +176,12 @@ class EngineSettings(ServiceSettings):
     webhook_max_attempts: int = Field(default=5, ge=1, le=20)
     webhook_first_retry_seconds: float = Field(default=0.5, ge=0)
     poll_timeout_ms: int = Field(default=200, ge=1)
+    account_sweep_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the engine looks for leads attached to an account after their "
+        "events were folded.",
+    )
 
 
 class ApiSettings(ServiceSettings):

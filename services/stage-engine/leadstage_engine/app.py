@@ -73,10 +73,13 @@ def create_app(settings: EngineSettings) -> FastAPI:
             if settings.webhooks_enabled
             else None
         )
-        relay_task = asyncio.create_task(
-            relay_forever(sessions, publisher, settings.lead_stage_changed_topic, relay_stopping),
-            name="outbox-relay",
-        )
+        relay_tasks = [
+            asyncio.create_task(
+                relay_forever(sessions, publisher, topic, relay_stopping),
+                name=f"outbox-relay-{topic}",
+            )
+            for topic in (settings.lead_stage_changed_topic, settings.account_stage_changed_topic)
+        ]
         try:
             yield
         finally:
@@ -89,10 +92,12 @@ def create_app(settings: EngineSettings) -> FastAPI:
             except Exception:  # noqa: BLE001 - already logged by _exit_on_crash
                 logger.warning("stage engine did not stop cleanly")
             relay_stopping.set()
-            try:
-                await asyncio.wait_for(relay_task, timeout=30)
-            except TimeoutError:
+            _done, undrained = await asyncio.wait(relay_tasks, timeout=30)
+            if undrained:
                 logger.warning("outbox relay did not drain in time; it resumes on restart")
+                for task in undrained:
+                    task.cancel()
+                await asyncio.gather(*undrained, return_exceptions=True)
             webhooks.request_stop()
             if webhook_task is not None:
                 _done, pending = await asyncio.wait({webhook_task}, timeout=15)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
-from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.funnels import Funnel
@@ -26,6 +28,7 @@ from leadstage.transport.base import (
     TopicPartition,
     TransportUnavailableError,
 )
+from leadstage_engine.accounts import sweep_memberships
 from leadstage_engine.processing import (
     BatchOutcome,
     Rejection,
@@ -70,6 +73,8 @@ class StageEngine:
         self._batch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
+        self._next_sweep = 0.0  # monotonic time; the first sweep looks at every link
+        self._swept_since: datetime | None = None
         self.processed = 0
 
     # -- AssignmentListener -------------------------------------------------
@@ -103,6 +108,9 @@ class StageEngine:
                 if records:
                     async with self._batch_lock:
                         await self._process_with_retry(records)
+                if time.monotonic() >= self._next_sweep:
+                    async with self._batch_lock:
+                        await self.sweep_accounts()
         finally:
             # The loop only exits between batches: the last batch is committed. The
             # producer (shared with the outbox relay) is flushed by the app.
@@ -141,6 +149,22 @@ class StageEngine:
         # offsets) or one record fails in a way we did not foresee (it is isolated).
         await self._isolate_poison(records)
 
+    async def sweep_accounts(self) -> None:
+        """Refold the accounts of leads attached after their events were folded (ingest
+        commits the link just after the event is produced, so the engine can fold the
+        event first). A failure is logged and the sweep tried again later."""
+        self._next_sweep = time.monotonic() + self._settings.account_sweep_seconds
+        try:
+            async with unit_of_work(self._sessions) as session:
+                _, self._swept_since = await sweep_memberships(
+                    session,
+                    self._funnels,
+                    self._settings.account_stage_changed_topic,
+                    since=self._swept_since,
+                )
+        except (SQLAlchemyError, OSError) as error:
+            logger.warning("account membership sweep failed (%r); retrying later", error)
+
     def _still_assigned(self, records: list[Record]) -> list[Record]:
         """Drop records of partitions revoked while the batch waited for the lock."""
         return [r for r in records if r.topic_partition in self._assigned]
@@ -153,6 +177,7 @@ class StageEngine:
                 consumer_group=self._settings.consumer_group,
                 funnels=self._funnels,
                 outbox_topic=self._settings.lead_stage_changed_topic,
+                account_topic=self._settings.account_stage_changed_topic,
             )
             if outcome.rejected:
                 # Before the commit: if the dead-letter write fails, the batch is
@@ -163,7 +188,7 @@ class StageEngine:
         first, last = records[0], records[-1]
         logger.info(
             "committed batch topic=%s partition=%s offset=%s..%s records=%s stored=%s "
-            "duplicates=%s transitions=%s rejected=%s",
+            "duplicates=%s transitions=%s account_transitions=%s rejected=%s",
             first.topic,
             first.partition,
             first.offset,
@@ -172,6 +197,7 @@ class StageEngine:
             outcome.stored,
             outcome.duplicates,
             outcome.transitions,
+            outcome.account_transitions,
             len(outcome.rejected),
         )
         return outcome

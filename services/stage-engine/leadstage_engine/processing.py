@@ -8,7 +8,6 @@ PostgreSQL together or not at all.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 import json
 import logging
@@ -36,6 +35,8 @@ from leadstage.events import Touchpoint
 from leadstage.funnels import Change, EventView, Funnel, LeadState
 from leadstage.http import validation_details
 from leadstage.transport.base import Record, TopicPartition
+from leadstage_engine.accounts import LeadChanges, advance_accounts
+from leadstage_engine.changes import change_id
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class BatchOutcome:
     stored: int = 0
     duplicates: int = 0
     transitions: int = 0
+    account_transitions: int = 0
 
 
 def parse_records(
@@ -96,8 +98,14 @@ async def apply_batch(
     consumer_group: str,
     funnels: Sequence[Funnel],
     outbox_topic: str,
+    account_topic: str | None = None,
 ) -> BatchOutcome:
-    """Store the batch's touchpoints, move leads, and record the consumed offsets."""
+    """Store the batch's touchpoints, move leads and their accounts, and record the
+    consumed offsets.
+
+    ``account_topic``: where account changes are published (the engine always passes
+    it; None keeps account state without publishing its changes).
+    """
     parsed, rejected = parse_records(records)
     outcome = BatchOutcome(next_offsets=next_offsets(records), rejected=rejected)
 
@@ -105,7 +113,11 @@ async def apply_batch(
     outcome.stored = len(fresh)
     outcome.duplicates = len(parsed) - len(fresh)
     if fresh:
-        outcome.transitions = await _advance_leads(session, funnels, fresh, outbox_topic)
+        changes = await _advance_leads(session, funnels, fresh, outbox_topic)
+        outcome.transitions = sum(len(t) for t in changes.transitions.values())
+        outcome.account_transitions = await advance_accounts(
+            session, funnels, changes, account_topic
+        )
     await store_offsets(session, consumer_group, outcome.next_offsets)
     return outcome
 
@@ -324,12 +336,6 @@ def fold_all(funnel: Funnel, lead: str, timeline: _Timeline) -> _LeadFold:
     return result
 
 
-def change_id(*parts: object) -> str:
-    """A deterministic id: the same change computed twice (a redelivery, a replay after
-    a crash) has the same id, so consumers can drop repeats."""
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
-
-
 def _changed(funnel: Funnel, transition: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "event": "LeadStageChanged",
@@ -385,7 +391,7 @@ async def _advance_leads(
     funnels: Sequence[Funnel],
     fresh: Sequence[tuple[Touchpoint, Mapping[str, Any]]],
     outbox_topic: str,
-) -> int:
+) -> LeadChanges:
     """Fold the batch's new events into each lead's state in every funnel, in event time.
 
     Each lead's new events are taken in arrival order. One that comes after every
@@ -561,7 +567,12 @@ async def _advance_leads(
         await session.execute(insert(table(LeadScoreChange)), score_changes)
     if outbox:
         await session.execute(insert(table(OutboxRecord)), outbox)
-    return len(transitions)
+    return LeadChanges(
+        leads=lead_keys,
+        transitions={key: fold.transitions for key, fold in folds.items() if fold.transitions},
+        rewritten=rewritten,
+        new={key for key in folds if key not in stored},
+    )
 
 
 def _outbox_row(topic: str, lead: str, payload: Mapping[str, Any]) -> dict[str, Any]:

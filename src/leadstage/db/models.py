@@ -262,7 +262,76 @@ class LeadAccount(Base):
     lead_id: Mapped[str] = mapped_column(String(262), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(262), index=True)
     attached_by: Mapped[str] = mapped_column(String(20))
-    attached_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # Indexed: the engine's membership sweep reads the recently (re)attached contacts.
+    attached_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now(), index=True)
+
+
+class AccountContact(Base):
+    """A contact the engine counts in its account's state (its view of ``lead_accounts``).
+
+    The engine writes these rows with the account state they produced, so a lead
+    attached after the fact (or moved) shows up as a difference from ``lead_accounts``
+    and its accounts are refolded. A lead may transiently have rows in two accounts
+    while a move is being reconciled.
+    """
+
+    __tablename__ = "account_contacts"
+
+    account_id: Mapped[str] = mapped_column(String(262), primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True, index=True)
+
+
+class AccountStage(Base):
+    """An account's position in one funnel, derived from its contacts by the funnel's
+    account rule. A pure function of its contacts' transitions (see the engine)."""
+
+    __tablename__ = "account_stages"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(262), primary_key=True)
+    funnel_version: Mapped[int | None] = mapped_column(Integer)
+    # NULL while no contact counts for a stage (none entered yet, or all exited).
+    stage: Mapped[str | None] = mapped_column(String(100))
+    stage_entered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    contacts: Mapped[int] = mapped_column(Integer)
+    contacts_without_stage: Mapped[int] = mapped_column(Integer)
+    # Contacts per current stage or exit state, e.g. {"Awareness": 3, "Lost": 1}.
+    contacts_by_stage: Mapped[dict[str, int]] = mapped_column(JSONB)
+    # Account transitions so far (the last one's seq).
+    transitions: Mapped[int] = mapped_column(Integer)
+    # The last contact transition folded, in the account's order (occurred_at, lead,
+    # source, event_id): a contact transition sorting before it makes the engine refold.
+    last_contact_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_contact_lead: Mapped[str | None] = mapped_column(String(262))
+    last_contact_source: Mapped[str | None] = mapped_column(String(255))
+    last_contact_event_id: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (Index("ix_account_stages_funnel_stage", "funnel", "stage"),)
+
+
+class AccountTransition(Base):
+    """One stage change of an account in a funnel, with the contact event that caused it."""
+
+    __tablename__ = "account_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    funnel: Mapped[str] = mapped_column(String(100))
+    account_id: Mapped[str] = mapped_column(String(262))
+    # Position in the account's history in this funnel, from 1.
+    seq: Mapped[int] = mapped_column(Integer)
+    from_stage: Mapped[str | None] = mapped_column(String(100))
+    to_stage: Mapped[str | None] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    lead_key: Mapped[str] = mapped_column(String(262))
+    source: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    # The AccountStageChanged change_id this transition was published with.
+    change_id: Mapped[str] = mapped_column(String(64), unique=True)
+
+    __table_args__ = (UniqueConstraint("funnel", "account_id", "seq"),)
 
 
 class OutboxRecord(Base):

@@ -155,21 +155,60 @@ class Funnel:
 
     def account_stage(self, contact_stages: Iterable[str | None]) -> str | None:
         """The account's stage from its contacts' stages (exits and None count for nothing)."""
-        reached = sorted(
-            (i for s in contact_stages if s is not None and (i := self._index.get(s)) is not None),
-            reverse=True,
-        )
-        if not reached:
+        counts = [0] * len(self.stages)
+        for stage in contact_stages:
+            index = self._index.get(stage) if stage is not None else None
+            if index is not None:
+                counts[index] += 1
+        return self.account_stage_of(counts)
+
+    def account_stage_of(self, contacts_per_stage: Sequence[int]) -> str | None:
+        """The account's stage from the number of its contacts now in each stage (in
+        funnel order).
+
+        ``furthest``: the furthest stage any contact is in. ``quorum`` (stage G, N
+        contacts): the same while that stage is before G; G and the stages after it
+        count only once at least N contacts are in G or beyond, and until then the
+        account is in the stage just before G (none if G is the first stage).
+        """
+        furthest = max((i for i, n in enumerate(contacts_per_stage) if n > 0), default=None)
+        if furthest is None:
             return None
-        furthest = reached[0]
         rule = self.account_rule
         if rule.kind == "quorum" and rule.stage is not None and rule.contacts is not None:
             gate = self._index[rule.stage]
-            if furthest >= gate and sum(1 for i in reached if i >= gate) < rule.contacts:
+            if furthest >= gate and sum(contacts_per_stage[gate:]) < rule.contacts:
                 furthest = gate - 1
                 if furthest < 0:
                     return None
         return self.stages[furthest]
+
+    def account_move(self, current: str | None, target: str | None) -> TransitionKind:
+        """The kind of an account's move. Unlike a lead's, it is never refused: the
+        account follows its contacts, so it can go back even where leads cannot.
+
+        ``entered`` (from no stage), ``exited`` (to no stage: no contact counts any
+        more), ``advanced``, ``skipped``, ``looped`` (to ``loop.to`` from ``loop.from``
+        or later, when the funnel allows loops) or ``regressed``.
+        """
+        if current is None or self._index.get(current) is None:
+            return "entered"
+        if target is None:
+            return "exited"
+        here, there = self._index[current], self._index[target]
+        if there == here + 1:
+            return "advanced"
+        if there > here:
+            return "skipped"
+        loop = self.loop
+        if (
+            self.allow.loop
+            and loop is not None
+            and target == loop.to
+            and here >= self._index[loop.from_]
+        ):
+            return "looped"
+        return "regressed"
 
     # -- the step -------------------------------------------------------------------------
 

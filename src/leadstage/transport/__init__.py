@@ -51,6 +51,7 @@ async def create_topics(settings: ServiceSettings, sessions: SessionFactory) -> 
         settings.dead_letter_topic,
         settings.raw_touchpoints_topic,
         settings.lead_stage_changed_topic,
+        settings.account_stage_changed_topic,
     ]
     if settings.transport == "kafka":
         from leadstage.transport.kafka import ensure_topics

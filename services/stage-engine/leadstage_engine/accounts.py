@@ -1,0 +1,699 @@
+"""Account (buying-group) state: each account's stage and history in each funnel.
+
+An account's state in a funnel is a pure function of two inputs:
+
+* its contacts: the leads ``lead_accounts`` (ingest) attaches to it that the
+  engine has folded in that funnel (a ``lead_stages`` row);
+* their lead transitions in that funnel.
+
+The fold takes every contact transition in the account order ``(occurred_at,
+lead_key, source, event_id)`` (each lead's own transitions keep their order),
+starting with every contact in no stage. After each one it recomputes the
+account's stage with the funnel's account rule (:meth:`Funnel.account_stage_of`)
+and records an account transition whenever the stage changes, naming the contact
+event that changed it. A contact attached after the fact counts from its first
+transition, as if it had always belonged to the account.
+
+Contacts of one account live on different partitions, so different engine
+processes may change them at once. Every transaction that changes a contact (a
+transition, a rewritten history, a new or moved contact) takes the account's
+advisory lock, in one global order, and only then reads the account's stored
+state and its contacts' transitions. Under READ COMMITTED each statement after
+the lock sees everything committed before it, so whoever commits last has folded
+every contact transition committed before it plus its own: the stored state
+always equals the pure function of what is committed, whatever the interleaving.
+
+Most batches only append: when the stored state's last contact transition sorts
+before every new one and no contact joined (after the fact), left or had its
+history rewritten, the fold continues from the stored counts. Otherwise the
+account is refolded from its contacts' transitions. Both give the same state.
+
+Published: an ``AccountStageChanged`` (to the account topic, keyed by account)
+for each account transition that is new relative to the stored history, and an
+``AccountHistoryCorrected`` listing the ``withdrawn_change_ids`` when a refold
+drops stored transitions (a contact's late event, a contact on another partition
+whose earlier transitions were committed after later ones of another contact, a
+contact attached or moved after the fact). Change ids are deterministic, so a
+replay after a crash writes the same facts; which intermediate facts are
+published (and later withdrawn) can depend on how partitions interleave, the
+final history never does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, tuple_, union
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadstage.db.models import (
+    AccountContact,
+    AccountStage,
+    AccountTransition,
+    LeadAccount,
+    LeadStage,
+    LeadTransition,
+    OutboxRecord,
+    table,
+)
+from leadstage.funnels import Funnel
+from leadstage_engine.changes import change_id
+
+logger = logging.getLogger(__name__)
+
+#: How far back the membership sweep looks before its previous run: ``attached_at``
+#: is the start of ingest's transaction, which commits up to a produce timeout later.
+SWEEP_MARGIN = timedelta(minutes=10)
+
+ContactKey = tuple[datetime, str, str, str]  # occurred_at, lead_key, source, event_id
+
+
+@dataclass(frozen=True)
+class ContactTransition:
+    """A lead transition, as the account fold reads it."""
+
+    lead_key: str
+    source: str
+    event_id: str
+    event_type: str
+    from_stage: str | None
+    to_stage: str
+    occurred_at: datetime
+
+    @property
+    def key(self) -> ContactKey:
+        return (self.occurred_at, self.lead_key, self.source, self.event_id)
+
+    @classmethod
+    def of(cls, transition: Mapping[str, Any]) -> ContactTransition:
+        return cls(
+            lead_key=transition["lead_key"],
+            source=transition["source"],
+            event_id=transition["event_id"],
+            event_type=transition["event_type"],
+            from_stage=transition["from_stage"],
+            to_stage=transition["to_stage"],
+            occurred_at=transition["occurred_at"].astimezone(UTC),
+        )
+
+
+@dataclass(frozen=True)
+class LeadChanges:
+    """What one batch did to its leads, as the account step needs it."""
+
+    leads: Sequence[str]
+    # (funnel, lead) -> the transitions this batch appended, in the lead's order.
+    transitions: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]
+    # (funnel, lead) whose stored history was rewritten (a late event).
+    rewritten: Collection[tuple[str, str]]
+    # (funnel, lead) folded for the first time in this batch.
+    new: Collection[tuple[str, str]]
+
+    def moved(self, lead: str, funnels: Iterable[Funnel]) -> bool:
+        return any(
+            self.transitions.get((f.name, lead))
+            or (f.name, lead) in self.rewritten
+            or (f.name, lead) in self.new
+            for f in funnels
+        )
+
+
+class _InconsistentStateError(Exception):
+    """A stored account state does not match its contacts: refold it."""
+
+
+@dataclass
+class AccountFold:
+    """One account's state in one funnel, folded contact transition by transition."""
+
+    funnel: Funnel
+    account_id: str
+    stage: str | None = None
+    stage_entered_at: datetime | None = None
+    # Contacts per current stage or exit; None: no stage yet.
+    contacts: dict[str | None, int] = field(default_factory=dict)
+    last_key: ContactKey | None = None
+    seq: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # transitions folded here
+
+    def join(self, count: int = 1) -> None:
+        self.contacts[None] = self.contacts.get(None, 0) + count
+
+    def apply(self, transition: ContactTransition) -> None:
+        held = self.contacts.get(transition.from_stage, 0)
+        if held <= 0:
+            raise _InconsistentStateError(transition.from_stage)
+        if held == 1:
+            del self.contacts[transition.from_stage]
+        else:
+            self.contacts[transition.from_stage] = held - 1
+        self.contacts[transition.to_stage] = self.contacts.get(transition.to_stage, 0) + 1
+        self.last_key = transition.key
+        funnel = self.funnel
+        stage = funnel.account_stage_of([self.contacts.get(s, 0) for s in funnel.stages])
+        if stage == self.stage:
+            return
+        kind = funnel.account_move(self.stage, stage)
+        self.seq += 1
+        self.history.append(
+            {
+                "funnel": funnel.name,
+                "account_id": self.account_id,
+                "seq": self.seq,
+                "from_stage": self.stage,
+                "to_stage": stage,
+                "kind": kind,
+                "lead_key": transition.lead_key,
+                "source": transition.source,
+                "event_id": transition.event_id,
+                "event_type": transition.event_type,
+                "occurred_at": transition.occurred_at,
+                "change_id": change_id(
+                    "account",
+                    funnel.name,
+                    self.account_id,
+                    transition.lead_key,
+                    transition.source,
+                    transition.event_id,
+                    self.stage,
+                    stage,
+                    kind,
+                ),
+            }
+        )
+        self.stage, self.stage_entered_at = stage, transition.occurred_at
+
+    @classmethod
+    def stored(cls, funnel: Funnel, row: AccountStage) -> AccountFold:
+        contacts: dict[str | None, int] = {k: int(v) for k, v in row.contacts_by_stage.items()}
+        if row.contacts_without_stage:
+            contacts[None] = row.contacts_without_stage
+        last = (
+            (
+                row.last_contact_at.astimezone(UTC),
+                row.last_contact_lead,
+                row.last_contact_source,
+                row.last_contact_event_id,
+            )
+            if row.last_contact_at is not None
+            and row.last_contact_lead is not None
+            and row.last_contact_source is not None
+            and row.last_contact_event_id is not None
+            else None
+        )
+        return cls(
+            funnel,
+            row.account_id,
+            row.stage,
+            row.stage_entered_at,
+            contacts,
+            last,
+            row.transitions,
+        )
+
+    def row(self) -> dict[str, Any]:
+        last = self.last_key
+        return {
+            "funnel": self.funnel.name,
+            "account_id": self.account_id,
+            "funnel_version": self.funnel.version,
+            "stage": self.stage,
+            "stage_entered_at": self.stage_entered_at,
+            "contacts": sum(self.contacts.values()),
+            "contacts_without_stage": self.contacts.get(None, 0),
+            "contacts_by_stage": {
+                stage: count
+                for stage, count in sorted(self.contacts.items(), key=_by_name)
+                if stage
+            },
+            "transitions": self.seq,
+            "last_contact_at": last[0] if last else None,
+            "last_contact_lead": last[1] if last else None,
+            "last_contact_source": last[2] if last else None,
+            "last_contact_event_id": last[3] if last else None,
+        }
+
+
+def _by_name(item: tuple[str | None, int]) -> str:
+    return item[0] or ""
+
+
+def fold_account(
+    funnel: Funnel,
+    account_id: str,
+    contacts: Collection[str],
+    transitions: Iterable[ContactTransition],
+) -> AccountFold:
+    """The account's state and whole history from its contacts' transitions."""
+    fold = AccountFold(funnel, account_id)
+    fold.join(len(contacts))
+    for transition in sorted(transitions, key=lambda t: t.key):
+        fold.apply(transition)
+    return fold
+
+
+# -- the batch step -----------------------------------------------------------------------
+
+
+async def lock_accounts(session: AsyncSession, account_ids: Iterable[str]) -> None:
+    """Take the accounts' advisory locks (until the transaction ends), in one global order.
+
+    Advisory, not ``SELECT ... FOR UPDATE`` on ``accounts``: ingest upserts that row
+    on every event that names the account, and must not wait for the engine. Locks
+    are taken in the order of their keys, so two processes never wait in a cycle.
+    """
+    ids = sorted(set(account_ids))
+    if ids:
+        await session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k) FROM ("
+                " SELECT DISTINCT hashtextextended('leadstage-account:' || a, 0) AS k"
+                " FROM unnest(CAST(:ids AS text[])) AS a) AS keys ORDER BY k"
+            ),
+            {"ids": ids},
+        )
+
+
+async def advance_accounts(
+    session: AsyncSession,
+    funnels: Sequence[Funnel],
+    changes: LeadChanges,
+    topic: str | None,
+) -> int:
+    """Bring the accounts of the batch's changed leads up to date; return the number of
+    account transitions added. Runs after the leads' rows are written, in their
+    transaction. ``topic``: where account changes are published (None: not published)."""
+    leads = sorted(set(changes.leads))
+    if not leads:
+        return 0
+    rows = await session.execute(
+        text(
+            "SELECT l.lead, la.account_id, ac.account_id"
+            " FROM unnest(CAST(:leads AS text[])) AS l(lead)"
+            " LEFT JOIN lead_accounts la ON la.lead_id = l.lead"
+            " LEFT JOIN account_contacts ac ON ac.lead_key = l.lead"
+        ),
+        {"leads": leads},
+    )
+    current: dict[str, str] = {}
+    recorded: set[tuple[str, str]] = set()
+    for lead, account, counted_in in rows:
+        if account is not None:
+            current[lead] = account
+        if counted_in is not None:
+            recorded.add((counted_in, lead))
+    accounts = {current[lead] for lead in leads if lead in current and changes.moved(lead, funnels)}
+    accounts |= {account for account, lead in recorded if current.get(lead) != account}
+    accounts |= {account for lead, account in current.items() if (account, lead) not in recorded}
+    if not accounts:
+        return 0
+    await lock_accounts(session, accounts)
+    return await _update_accounts(session, funnels, sorted(accounts), current, changes, topic)
+
+
+async def _update_accounts(
+    session: AsyncSession,
+    funnels: Sequence[Funnel],
+    accounts: Sequence[str],
+    current: Mapping[str, str],
+    changes: LeadChanges,
+    topic: str | None,
+) -> int:
+    names = [f.name for f in funnels]
+    # Read after the lock: what the account states count now, committed by anyone.
+    counted = {
+        (account, lead)
+        for account, lead in await session.execute(
+            select(AccountContact.account_id, AccountContact.lead_key).where(
+                AccountContact.account_id.in_(accounts),
+                AccountContact.lead_key.in_(sorted(changes.leads)),
+            )
+        )
+    }
+    stored = {
+        (row.account_id, row.funnel): row
+        for row in await session.scalars(
+            select(AccountStage).where(
+                AccountStage.account_id.in_(accounts), AccountStage.funnel.in_(names)
+            )
+        )
+    }
+    members_in_batch: dict[str, list[str]] = {}
+    for lead in sorted(changes.leads):
+        if lead in current:
+            members_in_batch.setdefault(current[lead], []).append(lead)
+    leaving = {account for account, lead in counted if current.get(lead) != account}
+
+    folds: dict[tuple[str, str], AccountFold] = {}
+    joined: dict[str, list[str]] = {}
+    refold: list[str] = []
+    for account in accounts:
+        continued = (
+            None
+            if account in leaving
+            else _continue(
+                funnels, account, members_in_batch.get(account, []), counted, stored, changes
+            )
+        )
+        if continued is None:
+            refold.append(account)
+            continue
+        account_folds, joiners = continued
+        folds.update(account_folds)
+        if joiners:
+            joined[account] = joiners
+
+    outbox: list[dict[str, Any]] = []
+    new_transitions: list[dict[str, Any]] = []
+    for (_, funnel_name), fold in sorted(folds.items()):
+        new_transitions.extend(fold.history)
+        if topic is not None:
+            funnel = next(f for f in funnels if f.name == funnel_name)
+            outbox.extend(_outbox_row(topic, _changed(funnel, t)) for t in fold.history)
+    if refold:
+        refolded, facts, added = await _refold(session, funnels, refold, stored, topic)
+        folds.update(refolded)
+        outbox.extend(facts)
+        new_transitions.extend(added)
+    if joined:
+        await session.execute(
+            insert(table(AccountContact)).on_conflict_do_nothing(),
+            [
+                {"account_id": account, "lead_key": lead}
+                for account, leads in sorted(joined.items())
+                for lead in leads
+            ],
+        )
+    await _write(session, folds, new_transitions, outbox)
+    return len(new_transitions)
+
+
+def _continue(
+    funnels: Sequence[Funnel],
+    account: str,
+    members: Sequence[str],
+    counted: Collection[tuple[str, str]],
+    stored: Mapping[tuple[str, str], AccountStage],
+    changes: LeadChanges,
+) -> tuple[dict[tuple[str, str], AccountFold], list[str]] | None:
+    """Continue the account's folds with the batch's contact changes, or None if the
+    account must be refolded (a contact joined late, left, or had history rewritten;
+    a change sorts before what is folded; no stored state)."""
+    folds: dict[tuple[str, str], AccountFold] = {}
+    joiners = [lead for lead in members if (account, lead) not in counted]
+    for funnel in funnels:
+        row = stored.get((account, funnel.name))
+        if row is None:
+            return None
+        fold = AccountFold.stored(funnel, row)
+        arriving: list[ContactTransition] = []
+        for lead in members:
+            key = (funnel.name, lead)
+            if key in changes.rewritten:
+                return None
+            if key in changes.new:
+                fold.join()
+            elif (account, lead) not in counted:
+                return None  # attached after the fact: its history counts from the start
+            arriving.extend(ContactTransition.of(t) for t in changes.transitions.get(key, ()))
+        arriving.sort(key=lambda t: t.key)
+        if arriving and fold.last_key is not None and arriving[0].key <= fold.last_key:
+            return None  # another contact's later transitions are folded already
+        try:
+            for transition in arriving:
+                fold.apply(transition)
+        except _InconsistentStateError:
+            logger.warning(
+                "account state of %s in %s does not match its contacts; refolding",
+                account,
+                funnel.name,
+            )
+            return None
+        folds[(account, funnel.name)] = fold
+    return folds, joiners
+
+
+async def _refold(
+    session: AsyncSession,
+    funnels: Sequence[Funnel],
+    accounts: Sequence[str],
+    stored: Mapping[tuple[str, str], AccountStage],
+    topic: str | None,
+) -> tuple[dict[tuple[str, str], AccountFold], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fold the accounts again from all their contacts' transitions; replace their
+    history and contacts. Returns the folds, the outbox rows, and the transitions to
+    insert."""
+    names = [f.name for f in funnels]
+    members: dict[tuple[str, str], list[str]] = {}
+    for account, funnel_name, lead in await session.execute(
+        select(LeadAccount.account_id, LeadStage.funnel, LeadStage.lead_key)
+        .join(LeadStage, LeadStage.lead_key == LeadAccount.lead_id)
+        .where(LeadAccount.account_id.in_(accounts), LeadStage.funnel.in_(names))
+    ):
+        members.setdefault((account, funnel_name), []).append(lead)
+    account_of = {
+        (funnel_name, lead): account
+        for (account, funnel_name), leads in members.items()
+        for lead in leads
+    }
+    transitions: dict[tuple[str, str], list[ContactTransition]] = {}
+    if account_of:
+        for row in await session.execute(
+            select(
+                LeadTransition.funnel,
+                LeadTransition.lead_key,
+                LeadTransition.source,
+                LeadTransition.event_id,
+                LeadTransition.event_type,
+                LeadTransition.from_stage,
+                LeadTransition.to_stage,
+                LeadTransition.occurred_at,
+            ).where(
+                LeadTransition.funnel.in_(names),
+                LeadTransition.lead_key.in_(sorted({lead for _, lead in account_of})),
+            )
+        ):
+            owner = account_of.get((row.funnel, row.lead_key))
+            if owner is not None:
+                transitions.setdefault((owner, row.funnel), []).append(
+                    ContactTransition.of(dict(row._mapping))
+                )
+    before: dict[tuple[str, str], set[str]] = {}
+    for account, funnel_name, change in await session.execute(
+        select(
+            AccountTransition.account_id, AccountTransition.funnel, AccountTransition.change_id
+        ).where(AccountTransition.account_id.in_(accounts), AccountTransition.funnel.in_(names))
+    ):
+        before.setdefault((account, funnel_name), set()).add(change)
+
+    folds: dict[tuple[str, str], AccountFold] = {}
+    outbox: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for account in accounts:
+        for funnel in funnels:
+            key = (account, funnel.name)
+            contacts = members.get(key, [])
+            fold = fold_account(funnel, account, contacts, transitions.get(key, []))
+            if contacts or key in stored:
+                folds[key] = fold
+            old = before.get(key, set())
+            new_ids = {t["change_id"] for t in fold.history}
+            withdrawn = sorted(c for c in old if c not in new_ids)
+            if topic is not None:
+                if withdrawn:
+                    outbox.append(_outbox_row(topic, _corrected(funnel, fold, withdrawn)))
+                outbox.extend(
+                    _outbox_row(topic, _changed(funnel, t))
+                    for t in fold.history
+                    if t["change_id"] not in old
+                )
+            rows.extend(fold.history)
+    await session.execute(
+        delete(AccountTransition).where(
+            AccountTransition.account_id.in_(accounts), AccountTransition.funnel.in_(names)
+        )
+    )
+    await session.execute(delete(AccountContact).where(AccountContact.account_id.in_(accounts)))
+    contacts_now = sorted(
+        {(account, lead) for (account, _), leads in members.items() for lead in leads}
+    )
+    if contacts_now:
+        await session.execute(
+            insert(table(AccountContact)),
+            [{"account_id": account, "lead_key": lead} for account, lead in contacts_now],
+        )
+    return folds, outbox, rows
+
+
+async def _write(
+    session: AsyncSession,
+    folds: Mapping[tuple[str, str], AccountFold],
+    transitions: Sequence[Mapping[str, Any]],
+    outbox: Sequence[Mapping[str, Any]],
+) -> None:
+    gone = sorted(key for key, fold in folds.items() if not sum(fold.contacts.values()))
+    if gone:
+        await session.execute(
+            delete(AccountStage).where(
+                tuple_(AccountStage.account_id, AccountStage.funnel).in_(gone)
+            )
+        )
+    upserts = [fold.row() for key, fold in sorted(folds.items()) if sum(fold.contacts.values())]
+    if upserts:
+        statement = insert(table(AccountStage))
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["funnel", "account_id"],
+                set_={
+                    **{
+                        column: statement.excluded[column]
+                        for column in upserts[0]
+                        if column not in ("funnel", "account_id")
+                    },
+                    "updated_at": func.now(),
+                },
+            ),
+            upserts,
+        )
+    if transitions:
+        await session.execute(insert(table(AccountTransition)), list(transitions))
+    if outbox:
+        await session.execute(insert(table(OutboxRecord)), list(outbox))
+
+
+async def refold_accounts(
+    session: AsyncSession, funnels: Sequence[Funnel], accounts: Iterable[str], topic: str | None
+) -> int:
+    """Lock the accounts and fold them again from their contacts as they are now; return
+    the number of account transitions added."""
+    ids = sorted(set(accounts))
+    if not ids:
+        return 0
+    await lock_accounts(session, ids)
+    stored = {
+        (row.account_id, row.funnel): row
+        for row in await session.scalars(
+            select(AccountStage).where(
+                AccountStage.account_id.in_(ids), AccountStage.funnel.in_([f.name for f in funnels])
+            )
+        )
+    }
+    folds, outbox, added = await _refold(session, funnels, ids, stored, topic)
+    await _write(session, folds, added, outbox)
+    return len(added)
+
+
+async def sweep_memberships(
+    session: AsyncSession,
+    funnels: Sequence[Funnel],
+    topic: str | None,
+    *,
+    since: datetime | None,
+    limit: int = 200,
+) -> tuple[list[str], datetime | None]:
+    """Refold the accounts whose counted contacts differ from ``lead_accounts``: a lead
+    attached (or moved) after the engine folded its events, with no event since.
+
+    Looks at links (re)attached since ``since`` (every link if None). Returns the
+    accounts refolded (at most ``limit``) and the time to pass as ``since`` next time
+    (None while another engine process is sweeping).
+    """
+    locked = await session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended('leadstage-account-sweep', 0))")
+    )
+    if not locked:
+        return [], since
+    started = await session.scalar(select(func.now()))
+    names = [f.name for f in funnels]
+    unattached = select(LeadAccount.account_id).where(
+        select(LeadStage.lead_key)
+        .where(LeadStage.funnel.in_(names), LeadStage.lead_key == LeadAccount.lead_id)
+        .exists(),
+        ~select(AccountContact.lead_key)
+        .where(
+            AccountContact.account_id == LeadAccount.account_id,
+            AccountContact.lead_key == LeadAccount.lead_id,
+        )
+        .exists(),
+    )
+    moved = (
+        select(AccountContact.account_id)
+        .join(LeadAccount, LeadAccount.lead_id == AccountContact.lead_key)
+        .where(LeadAccount.account_id != AccountContact.account_id)
+    )
+    if since is not None:
+        unattached = unattached.where(LeadAccount.attached_at >= since)
+        moved = moved.where(LeadAccount.attached_at >= since)
+    stale = union(unattached, moved).subquery()
+    accounts = list(
+        await session.scalars(select(stale.c.account_id).order_by(stale.c.account_id).limit(limit))
+    )
+    if accounts:
+        await refold_accounts(session, funnels, accounts, topic)
+        logger.info("refolded %s accounts whose contacts changed after the fact", len(accounts))
+    if len(accounts) == limit or started is None:
+        return accounts, since  # more to do: look at the same links again
+    return accounts, started - SWEEP_MARGIN
+
+
+# -- published facts ----------------------------------------------------------------------
+
+
+def _rule(funnel: Funnel) -> dict[str, Any]:
+    rule = funnel.account_rule
+    if rule.kind == "quorum":
+        return {"kind": rule.kind, "stage": rule.stage, "contacts": rule.contacts}
+    return {"kind": rule.kind}
+
+
+def _changed(funnel: Funnel, transition: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "event": "AccountStageChanged",
+        "schema_version": 1,
+        "change_id": transition["change_id"],
+        "funnel": funnel.name,
+        "funnel_version": funnel.version,
+        "account_id": transition["account_id"],
+        "from_stage": transition["from_stage"],
+        "to_stage": transition["to_stage"],
+        "transition": transition["kind"],
+        "account_rule": _rule(funnel),
+        "caused_by": {
+            "lead_id": transition["lead_key"],
+            "source": transition["source"],
+            "event_id": transition["event_id"],
+            "type": transition["event_type"],
+        },
+        "occurred_at": transition["occurred_at"].isoformat(),
+    }
+
+
+def _corrected(funnel: Funnel, fold: AccountFold, withdrawn: list[str]) -> dict[str, Any]:
+    return {
+        "event": "AccountHistoryCorrected",
+        "schema_version": 1,
+        "change_id": change_id("account-corrected", funnel.name, fold.account_id, *withdrawn),
+        "funnel": funnel.name,
+        "funnel_version": funnel.version,
+        "account_id": fold.account_id,
+        "stage": fold.stage,
+        "stage_entered_at": (
+            fold.stage_entered_at.isoformat() if fold.stage_entered_at is not None else None
+        ),
+        "withdrawn_change_ids": withdrawn,
+    }
+
+
+def _outbox_row(topic: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "key": payload["account_id"].encode(),
+        "change_id": payload["change_id"],
+        "payload": json.dumps(payload, separators=(",", ":")).encode(),
+    }
