@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -67,6 +67,63 @@ class LeadSummary(BaseModel):
     sales_ready: bool
     last_touch_at: datetime
 
+
+class AccountFunnel(BaseModel):
+    funnel: str
+    funnel_version: int | None = None
+    account_rule: dict[str, Any]
+    stage: str | None
+    stage_entered_at: datetime | None
+    contacts: int
+    contacts_per_stage: list[dict[str, Any]]
+    contacts_without_stage: int
+    scores: list[dict[str, Any]]
+    scores_as_of: datetime | None
+
+
+class AccountTransition(BaseModel):
+    seq: int
+    from_stage: str | None
+    to_stage: str | None
+    kind: str
+    lead_id: str
+    source: str
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    change_id: str
+
+
+class AccountHistory(BaseModel):
+    funnel: str
+    transitions: list[AccountTransition]
+    next_cursor: int | None
+
+
+class AccountContact(BaseModel):
+    lead_id: str
+    stages: list[dict[str, Any]]
+
+
+class Account(BaseModel):
+    account_id: str
+    domain: str | None = None
+    name: str | None = None
+    industry: str | None = None
+    employee_count: int | None = None
+    country: str | None = None
+    tier: int | None = None
+    contact_count: int
+    funnels: list[AccountFunnel]
+    contacts: list[AccountContact]
+    contacts_next_cursor: str | None
+    history: AccountHistory
+
+    def funnel(self, name: str) -> AccountFunnel | None:
+        return next((f for f in self.funnels if f.funnel == name), None)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 RETRIED = (httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError)
 
@@ -153,6 +210,24 @@ class LeadStageClient(_Base):
     def get_lead(self, lead_id: str, *, funnel: str | None = None) -> Lead | None:
         response = self._get(f"/v1/leads/{lead_id}", {"funnel": funnel})
         return _lead(response)
+
+    def get_account(
+        self,
+        account_id: str,
+        *,
+        funnel: str | None = None,
+        history_after: int | None = None,
+        history_limit: int | None = None,
+        contacts_after: str | None = None,
+        contacts_limit: int | None = None,
+    ) -> Account | None:
+        """The account's stage per funnel, contacts and a page of its history in
+        ``funnel``; None for an unknown account."""
+        response = self._get(
+            f"/v1/accounts/{account_id}",
+            _account_params(funnel, history_after, history_limit, contacts_after, contacts_limit),
+        )
+        return _one(response, Account)
 
     def find_lead(
         self,
@@ -247,6 +322,23 @@ class AsyncLeadStageClient(_Base):
     async def get_lead(self, lead_id: str, *, funnel: str | None = None) -> Lead | None:
         return _lead(await self._get(f"/v1/leads/{lead_id}", {"funnel": funnel}))
 
+    async def get_account(
+        self,
+        account_id: str,
+        *,
+        funnel: str | None = None,
+        history_after: int | None = None,
+        history_limit: int | None = None,
+        contacts_after: str | None = None,
+        contacts_limit: int | None = None,
+    ) -> Account | None:
+        """As :meth:`LeadStageClient.get_account`."""
+        response = await self._get(
+            f"/v1/accounts/{account_id}",
+            _account_params(funnel, history_after, history_limit, contacts_after, contacts_limit),
+        )
+        return _one(response, Account)
+
     async def find_lead(
         self,
         *,
@@ -262,14 +354,34 @@ class AsyncLeadStageClient(_Base):
 
 
 def _lead(response: httpx.Response) -> Lead | None:
+    return _one(response, Lead)
+
+
+def _one(response: httpx.Response, model: type[_Model]) -> _Model | None:
     if response.status_code == 404:
         details = response.json().get("error", {}).get("details", [])
-        # A 404 naming a parameter (an unknown funnel) is a caller error, not "no lead".
+        # A 404 naming a parameter (an unknown funnel) is a caller error, not "not found".
         if not any(detail.get("field") for detail in details):
             return None
     if response.status_code != 200:
         _raise_for(response)
-    return Lead.model_validate(response.json())
+    return model.model_validate(response.json())
+
+
+def _account_params(
+    funnel: str | None,
+    history_after: int | None,
+    history_limit: int | None,
+    contacts_after: str | None,
+    contacts_limit: int | None,
+) -> dict[str, Any]:
+    return {
+        "funnel": funnel,
+        "history_after": history_after,
+        "history_limit": history_limit,
+        "contacts_after": contacts_after,
+        "contacts_limit": contacts_limit,
+    }
 
 
 def _page(response: httpx.Response) -> dict[str, Any]:

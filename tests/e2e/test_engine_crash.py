@@ -1,6 +1,9 @@
 """Exactly-once effects: kill -9 the engine at random points while it processes 100,000
 events (some of them late); the final state is identical to an uninterrupted run.
 
+The leads belong to accounts of 8 contacts, spread over the partitions, so account
+state (derived from contacts that different processes move) is compared too.
+
 Also: two engine processes in one consumer group, with a rebalance in the middle,
 end in the same state.
 """
@@ -8,6 +11,7 @@ end in the same state.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import secrets
@@ -28,6 +32,7 @@ from tests.e2e.conftest import Service, start_service
 
 EVENTS = 100_000
 LEADS = 5_000
+CONTACTS_PER_ACCOUNT = 8
 JOURNEY = [
     "page_view",
     "email_opened",
@@ -51,8 +56,37 @@ DUMP_QUERIES = {
     "touchpoints": "SELECT source, event_id, lead_key, type, occurred_at FROM touchpoints "
     "ORDER BY source, event_id",
     # Per lead, the changes to publish in the order they were made.
-    "outbox": "SELECT key, change_id, payload FROM outbox ORDER BY key, id",
+    "outbox": "SELECT key, change_id, payload FROM outbox "
+    "WHERE topic NOT LIKE '%account-stage-changed%' ORDER BY key, id",
+    "account_stages": "SELECT funnel, account_id, funnel_version, stage, stage_entered_at, "
+    "contacts, contacts_without_stage, contacts_by_stage::text, transitions, last_contact_at, "
+    "last_contact_lead, last_contact_source, last_contact_event_id FROM account_stages "
+    "ORDER BY funnel, account_id",
+    "account_transitions": "SELECT funnel, account_id, seq, from_stage, to_stage, kind, "
+    "lead_key, source, event_id, event_type, occurred_at, change_id FROM account_transitions "
+    "ORDER BY funnel, account_id, seq",
+    "account_contacts": "SELECT account_id, lead_key FROM account_contacts "
+    "ORDER BY account_id, lead_key",
 }
+# Which account changes are published on the way (and withdrawn again) depends on how
+# the partitions interleave; what stands once every correction is applied does not.
+ACCOUNT_FACTS = "SELECT payload FROM outbox WHERE topic LIKE '%account-stage-changed%' ORDER BY id"
+DUMPED = (*DUMP_QUERIES, "account_changes_standing")
+
+
+def standing_account_changes(payloads: list[bytes]) -> list[tuple[object, ...]]:
+    """The AccountStageChanged ids a consumer applying the facts in order ends with;
+    asserts that no change is announced twice while it stands."""
+    standing: set[str] = set()
+    for payload in payloads:
+        fact = json.loads(payload)
+        if fact["event"] == "AccountHistoryCorrected":
+            assert set(fact["withdrawn_change_ids"]) <= standing
+            standing -= set(fact["withdrawn_change_ids"])
+        else:
+            assert fact["change_id"] not in standing, "an account change published twice"
+            standing.add(fact["change_id"])
+    return [(change,) for change in sorted(standing)]
 
 
 def generate() -> list[OutgoingRecord]:
@@ -85,10 +119,39 @@ async def dump(database_url: str) -> dict[str, list[tuple[object, ...]]]:
     engine = create_engine(ServiceSettings(database_url=database_url), application_name="dump")
     try:
         async with engine.connect() as connection:
-            return {
+            state = {
                 name: [tuple(row) for row in await connection.execute(text(query))]
                 for name, query in DUMP_QUERIES.items()
             }
+            facts = [row[0] for row in await connection.execute(text(ACCOUNT_FACTS))]
+            state["account_changes_standing"] = standing_account_changes(facts)
+            return state
+    finally:
+        await engine.dispose()
+
+
+async def attach_accounts(database_url: str) -> None:
+    """What ingest would have linked: lead-n belongs to account acct-(n // 8)."""
+    from leadstage.settings import ServiceSettings
+
+    engine = create_engine(ServiceSettings(database_url=database_url), application_name="setup")
+    try:
+        async with engine.begin() as connection:
+            accounts = sorted({lead // CONTACTS_PER_ACCOUNT for lead in range(LEADS)})
+            await connection.execute(
+                text("INSERT INTO accounts (id) VALUES (:id)"),
+                [{"id": f"acct-{n}"} for n in accounts],
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO lead_accounts (lead_id, account_id, attached_by) "
+                    "VALUES (:lead, :account, 'explicit')"
+                ),
+                [
+                    {"lead": f"lead-{n}", "account": f"acct-{n // CONTACTS_PER_ACCOUNT}"}
+                    for n in range(LEADS)
+                ],
+            )
     finally:
         await engine.dispose()
 
@@ -130,6 +193,7 @@ def crash_setup(environment: Environment) -> dict[str, str]:
         postgres.create_database(database)
         urls[name] = postgres.url(database)
         leadstage_cli("migrate", env={"LEADSTAGE_DATABASE_URL": urls[name]})
+        asyncio.run(attach_accounts(urls[name]))
 
     async def publish() -> None:
         settings = environment.settings("kafka").model_copy(update={"topic_prefix": prefix})
@@ -174,6 +238,12 @@ def clean_state(environment: Environment, crash_setup: dict[str, str]) -> Dump:
     state = asyncio.run(dump(crash_setup["clean"]))
     assert len(state["touchpoints"]) == EVENTS
     assert len(state["lead_transitions"]) > LEADS
+    assert len(state["account_stages"]) == 2 * LEADS // CONTACTS_PER_ACCOUNT  # two funnels
+    assert len(state["account_contacts"]) == LEADS
+    # Every account transition standing was published, and only those.
+    assert state["account_changes_standing"] == sorted(
+        (row[-1],) for row in state["account_transitions"]
+    )
     return state
 
 
@@ -199,7 +269,7 @@ async def test_kill_9_at_random_points_gives_the_state_of_a_clean_run(
         survivor.stop()
 
     actual = await dump(crash_setup["crashed"])
-    for name in DUMP_QUERIES:
+    for name in DUMPED:
         assert actual[name] == clean_state[name], f"{name} differs after {kills} crashes"
 
 
@@ -220,5 +290,5 @@ async def test_two_engines_with_a_rebalance_give_the_same_state(
         if second is not None:
             second.stop()
     pair = await dump(crash_setup["pair"])
-    for name in DUMP_QUERIES:
+    for name in DUMPED:
         assert pair[name] == clean_state[name], f"{name} differs after the rebalances"

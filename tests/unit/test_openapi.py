@@ -28,3 +28,12 @@ def test_metrics_api_documents_the_lead_view_with_an_example() -> None:
     assert any(
         s.get("scheme") == "bearer" for s in schema["components"]["securitySchemes"].values()
     )
+
+
+def test_metrics_api_documents_the_account_view_with_an_example() -> None:
+    schema = create_api(ApiSettings()).openapi()
+    get = schema["paths"]["/v1/accounts/{account_id}"]["get"]
+    assert {"200", "401", "403", "404", "422"} <= set(get["responses"])
+    assert get["description"]
+    account = schema["components"]["schemas"]["AccountView"]
+    assert account["examples"][0]["funnels"][0]["account_rule"]["kind"] == "quorum"

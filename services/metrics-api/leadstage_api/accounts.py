@@ -135,10 +135,13 @@ class AccountView(BaseModel):
                                 {"stage": "Opportunity", "contacts": 0},
                                 {"stage": "Customer", "contacts": 0},
                                 {"stage": "Lost", "contacts": 0},
+                                {"stage": "Disqualified", "contacts": 0},
+                                {"stage": "Churned", "contacts": 0},
                             ],
                             "contacts_without_stage": 0,
                             "scores": [
-                                {"score": "engagement", "sum": 38.0, "max": 37.0, "contacts": 2}
+                                {"score": "fit", "sum": 50.0, "max": 25.0, "contacts": 2},
+                                {"score": "engagement", "sum": 38.0, "max": 37.0, "contacts": 2},
                             ],
                             "scores_as_of": "2026-11-20T09:15:00Z",
                         }
