@@ -491,3 +491,58 @@ async def test_a_contact_attached_after_the_fact_counts_from_its_first_transitio
     ]
     facts = await published(sessions, account)
     assert sorted(live_changes(facts)) == sorted(await history_ids(sessions, account))
+
+
+async def test_a_late_contact_exit_can_withdraw_a_later_account_move(
+    sessions: SessionFactory,
+) -> None:
+    run = secrets.token_hex(4)
+    account = f"{run}-vandelay"
+    await attach(sessions, account, [f"{run}-x", f"{run}-y", f"{run}-z"])
+    await apply(
+        sessions,
+        [
+            [record(run, "x", "call", 1)],  # x Engagement alone: account at Action
+            [record(run, "y", "demo_requested", 2)],  # y Action
+            [record(run, "z", "call", 10)],  # z Engagement: quorum, account Engagement
+        ],
+        [B2B],
+        run,
+    )
+    before = await account_state(sessions, run, account, B2B)
+    assert [(t, k, lead) for _, _, t, k, lead, _, _ in before["history"]] == [
+        ("Action", "entered", "x"),
+        ("Engagement", "advanced", "z"),
+    ]
+    # x was lost at minute 5 (in order for x, late for the account): from then on only
+    # z is past Action, so z's call no longer makes a quorum and the account stays at
+    # Action, where it has been since minute 1.
+    await apply(sessions, [[record(run, "x", "deal_lost", 5)]], [B2B], run)
+    after = await account_state(sessions, run, account, B2B)
+    assert [(s, t, k, lead, m) for s, _, t, k, lead, _, m in after["history"]] == [
+        (1, "Action", "entered", "x", at(1))
+    ]
+    assert after["stage"] is not None
+    assert (after["stage"]["stage"], after["stage"]["entered"]) == ("Action", at(1))
+    assert after["stage"]["transitions"] == 1
+    assert after["stage"]["last"] == (at(10), "z")
+    facts = await published(sessions, account)
+    assert [f["event"] for f in facts] == [
+        "AccountStageChanged",
+        "AccountStageChanged",
+        "AccountHistoryCorrected",
+    ]
+    assert facts[2]["withdrawn_change_ids"] == [facts[1]["change_id"]]
+    assert (facts[2]["stage"], facts[2]["stage_entered_at"]) == ("Action", at(1).isoformat())
+
+    # The same events in time order give the same state.
+    other = secrets.token_hex(4)
+    await attach(sessions, f"{other}-vandelay", [f"{other}-x", f"{other}-y", f"{other}-z"])
+    in_order = [
+        record(other, "x", "call", 1),
+        record(other, "y", "demo_requested", 2),
+        record(other, "x", "deal_lost", 5),
+        record(other, "z", "call", 10),
+    ]
+    await apply(sessions, [in_order], [B2B], other)
+    assert await account_state(sessions, other, f"{other}-vandelay", B2B) == after

@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 SWEEP_MARGIN = timedelta(minutes=10)
 
 ContactKey = tuple[datetime, str, str, str]  # occurred_at, lead_key, source, event_id
+Row = Mapping[Any, Any]  # a result row's mapping
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class ContactTransition:
         return (self.occurred_at, self.lead_key, self.source, self.event_id)
 
     @classmethod
-    def of(cls, transition: Mapping[str, Any]) -> ContactTransition:
+    def of(cls, transition: Row) -> ContactTransition:
         return cls(
             lead_key=transition["lead_key"],
             source=transition["source"],
@@ -145,15 +146,22 @@ class AccountFold:
     def join(self, count: int = 1) -> None:
         self.contacts[None] = self.contacts.get(None, 0) + count
 
-    def apply(self, transition: ContactTransition) -> None:
-        held = self.contacts.get(transition.from_stage, 0)
+    def undo(self, transition: ContactTransition) -> None:
+        """Take a folded contact transition back out of the contact counts (rewinding)."""
+        self._move_contact(transition.to_stage, transition.from_stage)
+
+    def _move_contact(self, stage: str | None, to: str | None) -> None:
+        held = self.contacts.get(stage, 0)
         if held <= 0:
-            raise _InconsistentStateError(transition.from_stage)
+            raise _InconsistentStateError(stage)
         if held == 1:
-            del self.contacts[transition.from_stage]
+            del self.contacts[stage]
         else:
-            self.contacts[transition.from_stage] = held - 1
-        self.contacts[transition.to_stage] = self.contacts.get(transition.to_stage, 0) + 1
+            self.contacts[stage] = held - 1
+        self.contacts[to] = self.contacts.get(to, 0) + 1
+
+    def apply(self, transition: ContactTransition) -> None:
+        self._move_contact(transition.from_stage, transition.to_stage)
         self.last_key = transition.key
         funnel = self.funnel
         stage = funnel.account_stage_of([self.contacts.get(s, 0) for s in funnel.stages])
@@ -190,31 +198,29 @@ class AccountFold:
         self.stage, self.stage_entered_at = stage, transition.occurred_at
 
     @classmethod
-    def stored(cls, funnel: Funnel, row: AccountStage) -> AccountFold:
-        contacts: dict[str | None, int] = {k: int(v) for k, v in row.contacts_by_stage.items()}
-        if row.contacts_without_stage:
-            contacts[None] = row.contacts_without_stage
+    def stored(cls, funnel: Funnel, row: Row) -> AccountFold:
+        """The fold as an ``account_stages`` row stored it."""
+        contacts: dict[str | None, int] = {k: int(v) for k, v in row["contacts_by_stage"].items()}
+        if row["contacts_without_stage"]:
+            contacts[None] = row["contacts_without_stage"]
         last = (
             (
-                row.last_contact_at.astimezone(UTC),
-                row.last_contact_lead,
-                row.last_contact_source,
-                row.last_contact_event_id,
+                row["last_contact_at"].astimezone(UTC),
+                row["last_contact_lead"],
+                row["last_contact_source"],
+                row["last_contact_event_id"],
             )
-            if row.last_contact_at is not None
-            and row.last_contact_lead is not None
-            and row.last_contact_source is not None
-            and row.last_contact_event_id is not None
+            if row["last_contact_at"] is not None
             else None
         )
         return cls(
             funnel,
-            row.account_id,
-            row.stage,
-            row.stage_entered_at,
+            row["account_id"],
+            row["stage"],
+            row["stage_entered_at"],
             contacts,
             last,
-            row.transitions,
+            row["transitions"],
         )
 
     def row(self) -> dict[str, Any]:
@@ -317,6 +323,28 @@ async def advance_accounts(
     return await _update_accounts(session, funnels, sorted(accounts), current, changes, topic)
 
 
+@dataclass
+class _Plan:
+    """How one account's fold in one funnel takes the batch's contact transitions:
+    appended to the stored fold, or (``rewind_from``) after rewinding the stored fold
+    to just before the earliest of them."""
+
+    fold: AccountFold
+    arriving: list[ContactTransition]
+    rewind_from: ContactKey | None
+    replaced: list[Row] = field(default_factory=list)  # stored history rows
+
+
+@dataclass
+class _Tail:
+    """What a rewind reads: the folded contact transitions and the account transitions
+    from ``since``'s time on, and when the account entered its stage before them."""
+
+    contact: list[ContactTransition] = field(default_factory=list)
+    history: list[Row] = field(default_factory=list)
+    entered_before: dict[int, datetime] = field(default_factory=dict)  # seq -> occurred_at
+
+
 async def _update_accounts(
     session: AsyncSession,
     funnels: Sequence[Funnel],
@@ -326,135 +354,269 @@ async def _update_accounts(
     topic: str | None,
 ) -> int:
     names = [f.name for f in funnels]
+    batch_leads = sorted(changes.leads)
     # Read after the lock: what the account states count now, committed by anyone.
+    contacts_table, stages_table = table(AccountContact), table(AccountStage)
     counted = {
         (account, lead)
         for account, lead in await session.execute(
-            select(AccountContact.account_id, AccountContact.lead_key).where(
-                AccountContact.account_id.in_(accounts),
-                AccountContact.lead_key.in_(sorted(changes.leads)),
+            select(contacts_table.c.account_id, contacts_table.c.lead_key).where(
+                contacts_table.c.account_id.in_(accounts),
+                contacts_table.c.lead_key.in_(batch_leads),
             )
         )
     }
     stored = {
-        (row.account_id, row.funnel): row
-        for row in await session.scalars(
-            select(AccountStage).where(
-                AccountStage.account_id.in_(accounts), AccountStage.funnel.in_(names)
+        (row["account_id"], row["funnel"]): row
+        for row in (
+            await session.execute(
+                select(stages_table).where(
+                    stages_table.c.account_id.in_(accounts), stages_table.c.funnel.in_(names)
+                )
             )
-        )
+        ).mappings()
     }
     members_in_batch: dict[str, list[str]] = {}
-    for lead in sorted(changes.leads):
+    for lead in batch_leads:
         if lead in current:
             members_in_batch.setdefault(current[lead], []).append(lead)
-    leaving = {account for account, lead in counted if current.get(lead) != account}
 
-    folds: dict[tuple[str, str], AccountFold] = {}
+    refold = {account for account, lead in counted if current.get(lead) != account}
+    plans: dict[tuple[str, str], _Plan] = {}
     joined: dict[str, list[str]] = {}
-    refold: list[str] = []
     for account in accounts:
-        continued = (
-            None
-            if account in leaving
-            else _continue(
-                funnels, account, members_in_batch.get(account, []), counted, stored, changes
-            )
-        )
-        if continued is None:
-            refold.append(account)
+        if account in refold:
             continue
-        account_folds, joiners = continued
-        folds.update(account_folds)
-        if joiners:
-            joined[account] = joiners
+        members = members_in_batch.get(account, [])
+        account_plans: dict[tuple[str, str], _Plan] = {}
+        for funnel in funnels:
+            plan = _plan(
+                funnel, account, members, counted, stored.get((account, funnel.name)), changes
+            )
+            if plan is None:
+                refold.add(account)
+                break
+            account_plans[(account, funnel.name)] = plan
+        else:
+            plans.update(account_plans)
+            joiners = [lead for lead in members if (account, lead) not in counted]
+            if joiners:
+                joined[account] = joiners
 
+    rewinding = {key: plan for key, plan in plans.items() if plan.rewind_from is not None}
+    tails = await _read_tails(session, rewinding) if rewinding else {}
+    for key, plan in sorted(plans.items()):
+        try:
+            if plan.rewind_from is not None:
+                _rewind(plan, tails.get(key, _Tail()))
+            for transition in plan.arriving:
+                plan.fold.apply(transition)
+        except _InconsistentStateError:
+            logger.warning("account state of %s in %s does not match its contacts; refolding", *key)
+            refold.add(key[0])
+
+    by_name = {f.name: f for f in funnels}
+    folds: dict[tuple[str, str], AccountFold] = {}
+    inserted: list[dict[str, Any]] = []
+    replaced: list[int] = []
     outbox: list[dict[str, Any]] = []
-    new_transitions: list[dict[str, Any]] = []
-    for (_, funnel_name), fold in sorted(folds.items()):
-        new_transitions.extend(fold.history)
+    for key, plan in sorted(plans.items()):
+        if key[0] in refold:
+            continue
+        folds[key] = plan.fold
+        inserted.extend(plan.fold.history)
+        replaced.extend(row["id"] for row in plan.replaced)
         if topic is not None:
-            funnel = next(f for f in funnels if f.name == funnel_name)
-            outbox.extend(_outbox_row(topic, _changed(funnel, t)) for t in fold.history)
+            outbox.extend(
+                _facts(topic, by_name[key[1]], plan.fold, {r["change_id"] for r in plan.replaced})
+            )
+    joined = {account: leads for account, leads in joined.items() if account not in refold}
     if refold:
-        refolded, facts, added = await _refold(session, funnels, refold, stored, topic)
+        refolded, facts, added = await _refold(session, funnels, sorted(refold), stored, topic)
         folds.update(refolded)
         outbox.extend(facts)
-        new_transitions.extend(added)
+        inserted.extend(added)
     if joined:
         await session.execute(
-            insert(table(AccountContact)).on_conflict_do_nothing(),
+            insert(contacts_table).on_conflict_do_nothing(),
             [
                 {"account_id": account, "lead_key": lead}
                 for account, leads in sorted(joined.items())
                 for lead in leads
             ],
         )
-    await _write(session, folds, new_transitions, outbox)
-    return len(new_transitions)
+    if replaced:
+        await session.execute(delete(AccountTransition).where(AccountTransition.id.in_(replaced)))
+    await _write(session, folds, inserted, outbox)
+    return len(inserted)
 
 
-def _continue(
-    funnels: Sequence[Funnel],
+def _plan(
+    funnel: Funnel,
     account: str,
     members: Sequence[str],
     counted: Collection[tuple[str, str]],
-    stored: Mapping[tuple[str, str], AccountStage],
+    row: Row | None,
     changes: LeadChanges,
-) -> tuple[dict[tuple[str, str], AccountFold], list[str]] | None:
-    """Continue the account's folds with the batch's contact changes, or None if the
-    account must be refolded (a contact joined late, left, or had history rewritten;
-    a change sorts before what is folded; no stored state)."""
-    folds: dict[tuple[str, str], AccountFold] = {}
-    joiners = [lead for lead in members if (account, lead) not in counted]
-    for funnel in funnels:
-        row = stored.get((account, funnel.name))
-        if row is None:
+) -> _Plan | None:
+    """How the account's stored fold takes the batch's contact transitions, or None if
+    the account must be refolded (no stored state; a contact attached after the fact
+    or with a rewritten history)."""
+    if row is None:
+        return None
+    fold = AccountFold.stored(funnel, row)
+    arriving: list[ContactTransition] = []
+    for lead in members:
+        key = (funnel.name, lead)
+        if key in changes.rewritten:
             return None
-        fold = AccountFold.stored(funnel, row)
-        arriving: list[ContactTransition] = []
-        for lead in members:
-            key = (funnel.name, lead)
-            if key in changes.rewritten:
-                return None
-            if key in changes.new:
-                fold.join()
-            elif (account, lead) not in counted:
-                return None  # attached after the fact: its history counts from the start
-            arriving.extend(ContactTransition.of(t) for t in changes.transitions.get(key, ()))
-        arriving.sort(key=lambda t: t.key)
-        if arriving and fold.last_key is not None and arriving[0].key <= fold.last_key:
-            return None  # another contact's later transitions are folded already
-        try:
-            for transition in arriving:
-                fold.apply(transition)
-        except _InconsistentStateError:
-            logger.warning(
-                "account state of %s in %s does not match its contacts; refolding",
-                account,
-                funnel.name,
+        if key in changes.new:
+            fold.join()  # no transitions before this batch: counts from the start
+        elif (account, lead) not in counted:
+            return None  # attached after the fact: its whole history counts
+        arriving.extend(ContactTransition.of(t) for t in changes.transitions.get(key, ()))
+    arriving.sort(key=lambda t: t.key)
+    last = fold.last_key
+    rewind = arriving[0].key if arriving and last is not None and arriving[0].key <= last else None
+    return _Plan(fold, arriving, rewind)
+
+
+async def _read_tails(
+    session: AsyncSession, rewinding: Mapping[tuple[str, str], _Plan]
+) -> dict[tuple[str, str], _Tail]:
+    """For each rewinding fold, from its ``rewind_from`` time on: its counted contacts'
+    transitions and its stored account transitions (two set-based reads, plus one for
+    the times the accounts entered their stage before)."""
+    keys = sorted(rewinding)
+    windows = {
+        "accounts": [account for account, _ in keys],
+        "funnels": [funnel for _, funnel in keys],
+        "sinces": [rewinding[key].rewind_from[0] for key in keys],  # type: ignore[index]
+    }
+    tails: dict[tuple[str, str], _Tail] = {key: _Tail() for key in keys}
+    for row in (
+        await session.execute(
+            text(
+                "SELECT w.account_id, lt.funnel, lt.lead_key, lt.source, lt.event_id,"
+                " lt.event_type, lt.from_stage, lt.to_stage, lt.occurred_at"
+                " FROM unnest(CAST(:accounts AS text[]), CAST(:funnels AS text[]),"
+                " CAST(:sinces AS timestamptz[])) AS w(account_id, funnel, since)"
+                " JOIN account_contacts ac ON ac.account_id = w.account_id"
+                " JOIN lead_transitions lt ON lt.funnel = w.funnel"
+                " AND lt.lead_key = ac.lead_key AND lt.occurred_at >= w.since"
+            ),
+            windows,
+        )
+    ).mappings():
+        tails[(row["account_id"], row["funnel"])].contact.append(ContactTransition.of(row))
+    for row in (
+        await session.execute(
+            text(
+                "SELECT t.id, t.account_id, t.funnel, t.seq, t.from_stage, t.lead_key, t.source,"
+                " t.event_id, t.occurred_at, t.change_id"
+                " FROM unnest(CAST(:accounts AS text[]), CAST(:funnels AS text[]),"
+                " CAST(:sinces AS timestamptz[])) AS w(account_id, funnel, since)"
+                " JOIN account_transitions t ON t.account_id = w.account_id"
+                " AND t.funnel = w.funnel AND t.occurred_at >= w.since"
+            ),
+            windows,
+        )
+    ).mappings():
+        tail = tails[(row["account_id"], row["funnel"])]
+        tail.history.append(row)
+        tail.entered_before[row["seq"]] = row["occurred_at"]
+    wanted = []
+    for key, tail in tails.items():
+        since = rewinding[key].rewind_from
+        assert since is not None  # noqa: S101 - only rewinding plans are read
+        tail.history = sorted(
+            (r for r in tail.history if _cause(r) > since), key=lambda r: r["seq"]
+        )
+        if tail.history and tail.history[0]["seq"] > 1:
+            previous = tail.history[0]["seq"] - 1
+            if previous not in tail.entered_before:
+                wanted.append((key[0], key[1], previous))
+    if wanted:
+        history_table = table(AccountTransition)
+        for account, funnel, seq, occurred_at in await session.execute(
+            select(
+                history_table.c.account_id,
+                history_table.c.funnel,
+                history_table.c.seq,
+                history_table.c.occurred_at,
+            ).where(
+                tuple_(history_table.c.account_id, history_table.c.funnel, history_table.c.seq).in_(
+                    wanted
+                )
             )
-            return None
-        folds[(account, funnel.name)] = fold
-    return folds, joiners
+        ):
+            tails[(account, funnel)].entered_before[seq] = occurred_at
+    return tails
+
+
+def _cause(row: Row) -> ContactKey:
+    return (row["occurred_at"].astimezone(UTC), row["lead_key"], row["source"], row["event_id"])
+
+
+def _rewind(plan: _Plan, tail: _Tail) -> None:
+    """Rewind the stored fold to just before ``plan.rewind_from``, and make the folded
+    contact transitions after it arrive again with the batch's, in order."""
+    since = plan.rewind_from
+    assert since is not None  # noqa: S101 - only called for rewinding plans
+    fold = plan.fold
+    arriving = {(t.lead_key, t.source, t.event_id) for t in plan.arriving}
+    folded = sorted(
+        (
+            t
+            for t in tail.contact
+            if t.key > since and (t.lead_key, t.source, t.event_id) not in arriving
+        ),
+        key=lambda t: t.key,
+    )
+    for transition in reversed(folded):
+        fold.undo(transition)
+    if tail.history:
+        first = tail.history[0]
+        fold.stage = first["from_stage"]
+        fold.seq = first["seq"] - 1
+        fold.stage_entered_at = tail.entered_before[fold.seq] if fold.seq else None
+        plan.replaced = tail.history
+    plan.arriving = sorted([*folded, *plan.arriving], key=lambda t: t.key)
+
+
+def _facts(
+    topic: str, funnel: Funnel, fold: AccountFold, replaced: Collection[str]
+) -> list[dict[str, Any]]:
+    """The outbox rows for a fold whose history ``replaced`` (change ids) was rewritten:
+    a correction withdrawing what is gone, then each transition that is new."""
+    new_ids = {t["change_id"] for t in fold.history}
+    withdrawn = sorted(c for c in replaced if c not in new_ids)
+    facts = [_outbox_row(topic, _corrected(funnel, fold, withdrawn))] if withdrawn else []
+    facts.extend(
+        _outbox_row(topic, _changed(funnel, t))
+        for t in fold.history
+        if t["change_id"] not in replaced
+    )
+    return facts
 
 
 async def _refold(
     session: AsyncSession,
     funnels: Sequence[Funnel],
     accounts: Sequence[str],
-    stored: Mapping[tuple[str, str], AccountStage],
+    stored: Mapping[tuple[str, str], Row],
     topic: str | None,
 ) -> tuple[dict[tuple[str, str], AccountFold], list[dict[str, Any]], list[dict[str, Any]]]:
     """Fold the accounts again from all their contacts' transitions; replace their
     history and contacts. Returns the folds, the outbox rows, and the transitions to
     insert."""
     names = [f.name for f in funnels]
+    links, positions = table(LeadAccount), table(LeadStage)
     members: dict[tuple[str, str], list[str]] = {}
     for account, funnel_name, lead in await session.execute(
-        select(LeadAccount.account_id, LeadStage.funnel, LeadStage.lead_key)
-        .join(LeadStage, LeadStage.lead_key == LeadAccount.lead_id)
-        .where(LeadAccount.account_id.in_(accounts), LeadStage.funnel.in_(names))
+        select(links.c.account_id, positions.c.funnel, positions.c.lead_key)
+        .join(positions, positions.c.lead_key == links.c.lead_id)
+        .where(links.c.account_id.in_(accounts), positions.c.funnel.in_(names))
     ):
         members.setdefault((account, funnel_name), []).append(lead)
     account_of = {
@@ -464,31 +626,33 @@ async def _refold(
     }
     transitions: dict[tuple[str, str], list[ContactTransition]] = {}
     if account_of:
-        for row in await session.execute(
-            select(
-                LeadTransition.funnel,
-                LeadTransition.lead_key,
-                LeadTransition.source,
-                LeadTransition.event_id,
-                LeadTransition.event_type,
-                LeadTransition.from_stage,
-                LeadTransition.to_stage,
-                LeadTransition.occurred_at,
-            ).where(
-                LeadTransition.funnel.in_(names),
-                LeadTransition.lead_key.in_(sorted({lead for _, lead in account_of})),
-            )
-        ):
-            owner = account_of.get((row.funnel, row.lead_key))
-            if owner is not None:
-                transitions.setdefault((owner, row.funnel), []).append(
-                    ContactTransition.of(dict(row._mapping))
+        moves = table(LeadTransition)
+        for row in (
+            await session.execute(
+                select(
+                    moves.c.funnel,
+                    moves.c.lead_key,
+                    moves.c.source,
+                    moves.c.event_id,
+                    moves.c.event_type,
+                    moves.c.from_stage,
+                    moves.c.to_stage,
+                    moves.c.occurred_at,
+                ).where(
+                    moves.c.funnel.in_(names),
+                    moves.c.lead_key.in_(sorted({lead for _, lead in account_of})),
                 )
+            )
+        ).mappings():
+            owner = account_of.get((row["funnel"], row["lead_key"]))
+            if owner is not None:
+                transitions.setdefault((owner, row["funnel"]), []).append(ContactTransition.of(row))
+    history_table = table(AccountTransition)
     before: dict[tuple[str, str], set[str]] = {}
     for account, funnel_name, change in await session.execute(
-        select(
-            AccountTransition.account_id, AccountTransition.funnel, AccountTransition.change_id
-        ).where(AccountTransition.account_id.in_(accounts), AccountTransition.funnel.in_(names))
+        select(history_table.c.account_id, history_table.c.funnel, history_table.c.change_id).where(
+            history_table.c.account_id.in_(accounts), history_table.c.funnel.in_(names)
+        )
     ):
         before.setdefault((account, funnel_name), set()).add(change)
 
@@ -502,17 +666,8 @@ async def _refold(
             fold = fold_account(funnel, account, contacts, transitions.get(key, []))
             if contacts or key in stored:
                 folds[key] = fold
-            old = before.get(key, set())
-            new_ids = {t["change_id"] for t in fold.history}
-            withdrawn = sorted(c for c in old if c not in new_ids)
             if topic is not None:
-                if withdrawn:
-                    outbox.append(_outbox_row(topic, _corrected(funnel, fold, withdrawn)))
-                outbox.extend(
-                    _outbox_row(topic, _changed(funnel, t))
-                    for t in fold.history
-                    if t["change_id"] not in old
-                )
+                outbox.extend(_facts(topic, funnel, fold, before.get(key, set())))
             rows.extend(fold.history)
     await session.execute(
         delete(AccountTransition).where(
@@ -576,13 +731,17 @@ async def refold_accounts(
     if not ids:
         return 0
     await lock_accounts(session, ids)
+    stages_table = table(AccountStage)
     stored = {
-        (row.account_id, row.funnel): row
-        for row in await session.scalars(
-            select(AccountStage).where(
-                AccountStage.account_id.in_(ids), AccountStage.funnel.in_([f.name for f in funnels])
+        (row["account_id"], row["funnel"]): row
+        for row in (
+            await session.execute(
+                select(stages_table).where(
+                    stages_table.c.account_id.in_(ids),
+                    stages_table.c.funnel.in_([f.name for f in funnels]),
+                )
             )
-        )
+        ).mappings()
     }
     folds, outbox, added = await _refold(session, funnels, ids, stored, topic)
     await _write(session, folds, added, outbox)
