@@ -23,10 +23,14 @@ the lock sees everything committed before it, so whoever commits last has folded
 every contact transition committed before it plus its own: the stored state
 always equals the pure function of what is committed, whatever the interleaving.
 
-Most batches only append: when the stored state's last contact transition sorts
-before every new one and no contact joined (after the fact), left or had its
-history rewritten, the fold continues from the stored counts. Otherwise the
-account is refolded from its contacts' transitions. Both give the same state.
+Three ways to take a batch, all giving the same state. *Append*: every new contact
+transition sorts after the last one folded; the fold continues from the stored
+counts. *Rewind*: some sort before it (contacts on partitions that lag each other);
+the folded contact transitions after the earliest new one are undone from the
+counts, the stage is taken back to the history row before them, and that tail is
+folded again with the new ones. *Refold* from all contacts' transitions: no stored
+state, or a contact attached after the fact, moved away, or whose own history was
+rewritten.
 
 Published: an ``AccountStageChanged`` (to the account topic, keyed by account)
 for each account transition that is new relative to the stored history, and an
