@@ -176,11 +176,11 @@ class EngineSettings(ServiceSettings):
     webhook_max_attempts: int = Field(default=5, ge=1, le=20)
     webhook_first_retry_seconds: float = Field(default=0.5, ge=0)
     poll_timeout_ms: int = Field(default=200, ge=1)
-    account_sweep_seconds: float = Field(
+    sweep_seconds: float = Field(
         default=5.0,
         gt=0,
-        description="How often the engine looks for leads attached to an account after their "
-        "events were folded.",
+        description="How often the engine looks for identity merges and account links "
+        "committed after the events that caused them were folded.",
     )
 
 

@@ -119,6 +119,8 @@ class LeadChanges:
     rewritten: Collection[tuple[str, str]]
     # (funnel, lead) folded for the first time in this batch.
     new: Collection[tuple[str, str]]
+    # Leads merged into another now: they are no one's contact any more.
+    merged: Collection[str] = ()
 
     def moved(self, lead: str, funnels: Iterable[Funnel]) -> bool:
         return any(
@@ -319,7 +321,11 @@ async def advance_accounts(
         if counted_in is not None:
             recorded.add((counted_in, lead))
     accounts = {current[lead] for lead in leads if lead in current and changes.moved(lead, funnels)}
-    accounts |= {account for account, lead in recorded if current.get(lead) != account}
+    accounts |= {
+        account
+        for account, lead in recorded
+        if current.get(lead) != account or lead in changes.merged
+    }
     accounts |= {account for lead, account in current.items() if (account, lead) not in recorded}
     if not accounts:
         return 0
@@ -385,7 +391,11 @@ async def _update_accounts(
         if lead in current:
             members_in_batch.setdefault(current[lead], []).append(lead)
 
-    refold = {account for account, lead in counted if current.get(lead) != account}
+    refold = {
+        account
+        for account, lead in counted
+        if current.get(lead) != account or lead in changes.merged
+    }
     plans: dict[tuple[str, str], _Plan] = {}
     joined: dict[str, list[str]] = {}
     for account in accounts:

@@ -36,6 +36,7 @@ from leadstage_engine.processing import (
     load_offsets,
     next_offsets,
     store_offsets,
+    sweep_merges,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class StageEngine:
         self._stopping = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
         self._next_sweep = 0.0  # monotonic time; the first sweep looks at every link
-        self._swept_since: datetime | None = None
+        self._links_since: datetime | None = None
+        self._merges_since: datetime | None = None
         self.processed = 0
 
     # -- AssignmentListener -------------------------------------------------
@@ -110,7 +112,7 @@ class StageEngine:
                         await self._process_with_retry(records)
                 if time.monotonic() >= self._next_sweep:
                     async with self._batch_lock:
-                        await self.sweep_accounts()
+                        await self.sweep()
         finally:
             # The loop only exits between batches: the last batch is committed. The
             # producer (shared with the outbox relay) is flushed by the app.
@@ -149,21 +151,30 @@ class StageEngine:
         # offsets) or one record fails in a way we did not foresee (it is isolated).
         await self._isolate_poison(records)
 
-    async def sweep_accounts(self) -> None:
-        """Refold the accounts of leads attached after their events were folded (ingest
-        commits the link just after the event is produced, so the engine can fold the
-        event first). A failure is logged and the sweep tried again later."""
-        self._next_sweep = time.monotonic() + self._settings.account_sweep_seconds
+    async def sweep(self) -> None:
+        """Apply the identity merges, and refold the accounts of leads attached, that
+        were committed after the events that caused them were folded (ingest commits
+        just after the event is produced, so the engine can fold the event first). A
+        failure is logged and the sweep tried again later."""
+        self._next_sweep = time.monotonic() + self._settings.sweep_seconds
         try:
             async with unit_of_work(self._sessions) as session:
-                _, self._swept_since = await sweep_memberships(
+                _, self._merges_since = await sweep_merges(
+                    session,
+                    self._funnels,
+                    outbox_topic=self._settings.lead_stage_changed_topic,
+                    account_topic=self._settings.account_stage_changed_topic,
+                    since=self._merges_since,
+                )
+            async with unit_of_work(self._sessions) as session:
+                _, self._links_since = await sweep_memberships(
                     session,
                     self._funnels,
                     self._settings.account_stage_changed_topic,
-                    since=self._swept_since,
+                    since=self._links_since,
                 )
         except (SQLAlchemyError, OSError) as error:
-            logger.warning("account membership sweep failed (%r); retrying later", error)
+            logger.warning("merge and account sweep failed (%r); retrying later", error)
 
     def _still_assigned(self, records: list[Record]) -> list[Record]:
         """Drop records of partitions revoked while the batch waited for the lock."""

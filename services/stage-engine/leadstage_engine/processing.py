@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +37,9 @@ from leadstage.http import validation_details
 from leadstage.transport.base import Record, TopicPartition
 from leadstage_engine.accounts import LeadChanges, advance_accounts
 from leadstage_engine.changes import change_id
+from leadstage_engine.merges import SWEEP_MARGIN as MERGE_SWEEP_MARGIN
+from leadstage_engine.merges import Rehoming, rehome, unapplied_merge_targets
+from leadstage_engine.merges import outbox_rows as merges_outbox
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +394,8 @@ async def _advance_leads(
     funnels: Sequence[Funnel],
     fresh: Sequence[tuple[Touchpoint, Mapping[str, Any]]],
     outbox_topic: str,
+    *,
+    canonical: Sequence[str] = (),
 ) -> LeadChanges:
     """Fold the batch's new events into each lead's state in every funnel, in event time.
 
@@ -403,31 +408,55 @@ async def _advance_leads(
     withdrawn changes when a late event rewrites history. Which changes are
     published depends only on the arrival order of the events, never on how they
     were split into batches.
+
+    Identity merges (see :mod:`leadstage_engine.merges`) are followed once the
+    leads' rows are locked: a merged lead's events go to its canonical lead, and a
+    lead that absorbs another now is refolded from both leads' touchpoints (its
+    withdrawn changes in a ``LeadHistoryCorrected``, a ``LeadMerged`` for the
+    absorbed lead). ``canonical``: leads to take up even without new events (the
+    merge sweep's).
     """
-    arrivals: dict[str, list[_Event]] = {}
-    for tp, payload in fresh:
-        arrivals.setdefault(tp.lead_key, []).append(
-            _Event.from_payload(tp.source, tp.event_id, str(tp.type), tp.occurred_at, payload)
-        )
-    lead_keys = sorted(arrivals)
     names = [funnel.name for funnel in funnels]
-    # FOR UPDATE: a lead lives on one partition, hence one engine process; the lock
-    # also guards replays running beside live work.
-    existing = await session.execute(
-        select(LeadStage)
-        .where(LeadStage.funnel.in_(names), LeadStage.lead_key.in_(lead_keys))
-        .with_for_update()
-    )
-    stored: dict[tuple[str, str], _LeadFold] = {}
-    for row in existing.scalars():
-        last = (
-            (row.last_event_source, row.last_event_id)
-            if row.last_event_source is not None and row.last_event_id is not None
-            else None
+
+    def arriving(remap: Mapping[str, str]) -> dict[str, list[_Event]]:
+        events: dict[str, list[_Event]] = {remap.get(lead, lead): [] for lead in canonical}
+        for tp, payload in fresh:
+            events.setdefault(remap.get(tp.lead_key, tp.lead_key), []).append(
+                _Event.from_payload(tp.source, tp.event_id, str(tp.type), tp.occurred_at, payload)
+            )
+        return events
+
+    async def lock_and_load(leads: Sequence[str]) -> dict[tuple[str, str], _LeadFold]:
+        # FOR UPDATE: a lead lives on one partition, hence one engine process; the
+        # lock also guards replays running beside live work, and the merges.
+        existing = await session.execute(
+            select(LeadStage)
+            .where(LeadStage.funnel.in_(names), LeadStage.lead_key.in_(leads))
+            .with_for_update()
         )
-        stored[(row.funnel, row.lead_key)] = _LeadFold(
-            LeadState.from_dict(row.state), row.first_touch_at, row.last_touch_at, last
-        )
+        loaded: dict[tuple[str, str], _LeadFold] = {}
+        for row in existing.scalars():
+            last = (
+                (row.last_event_source, row.last_event_id)
+                if row.last_event_source is not None and row.last_event_id is not None
+                else None
+            )
+            loaded[(row.funnel, row.lead_key)] = _LeadFold(
+                LeadState.from_dict(row.state), row.first_touch_at, row.last_touch_at, last
+            )
+        return loaded
+
+    arrivals = arriving({})
+    lead_keys = sorted(arrivals)
+    stored = await lock_and_load(lead_keys)
+    rehoming = await rehome(session, lead_keys) or Rehoming()
+    outbox: list[dict[str, Any]] = merges_outbox(outbox_topic, rehoming)
+    if rehoming.remap or rehoming.refold:
+        arrivals = arriving(rehoming.remap)
+        for lead in rehoming.refold:
+            arrivals.setdefault(lead, [])
+        lead_keys = sorted(arrivals)
+        stored = await lock_and_load(lead_keys)
 
     def in_order(funnel: Funnel, lead: str) -> bool:
         fold = stored.get((funnel.name, lead))
@@ -440,8 +469,12 @@ async def _advance_leads(
         )
 
     # Leads folded again from everything stored: new leads (earlier touches that moved
-    # nothing still count), and leads with a late event in some funnel.
-    full = sorted({lead for lead in lead_keys for f in funnels if not in_order(f, lead)})
+    # nothing still count), leads with a late event in some funnel, and leads that
+    # absorbed another lead's history.
+    full = sorted(
+        {lead for lead in lead_keys for f in funnels if not in_order(f, lead)}
+        | set(rehoming.refold)
+    )
     window = max((f.history_window for f in funnels), default=timedelta(0))
     partial = [lead for lead in lead_keys if lead not in set(full)] if window else []
     timelines: dict[str, _Timeline] = {lead: _Timeline() for lead in lead_keys}
@@ -475,11 +508,28 @@ async def _advance_leads(
 
     rewritten: set[tuple[str, str]] = set()
     folds: dict[tuple[str, str], _LeadFold] = {}
-    outbox: list[dict[str, Any]] = []
     for lead in lead_keys:
         timeline = timelines[lead]
         for funnel in funnels:
             key = (funnel.name, lead)
+            if lead in rehoming.refold:
+                # Refold with the absorbed leads' touchpoints; publish the difference
+                # from what this lead's own touchpoints gave.
+                own = _Timeline(
+                    e
+                    for e in timeline.events
+                    if (e.view.source, e.view.event_id) not in rehoming.moved
+                )
+                refolded = fold_all(funnel, lead, timeline)
+                outbox.extend(
+                    _outbox_row(outbox_topic, lead, fact)
+                    for fact in _merge_facts(
+                        funnel, lead, fold_all(funnel, lead, own), refolded, rehoming
+                    )
+                )
+                folds[key] = refolded
+                rewritten.add(key)
+                continue
             # A stored state, or (full refold) the fold of everything stored so far,
             # which equals the stored state.
             fold = stored.get(key) if lead not in full else None
@@ -568,11 +618,77 @@ async def _advance_leads(
     if outbox:
         await session.execute(insert(table(OutboxRecord)), outbox)
     return LeadChanges(
-        leads=lead_keys,
+        leads=sorted({*lead_keys, *rehoming.absorbed}),
         transitions={key: fold.transitions for key, fold in folds.items() if fold.transitions},
         rewritten=rewritten,
         new={key for key in folds if key not in stored},
+        merged=rehoming.absorbed,
     )
+
+
+def _merge_facts(
+    funnel: Funnel, lead: str, before: _LeadFold, after: _LeadFold, rehoming: Rehoming
+) -> list[dict[str, Any]]:
+    """What a lead's refold with the histories it absorbed changes in what was
+    published: a correction naming the withdrawn changes, then the new ones."""
+    old = {f["change_id"]: f for f in before.facts}
+    new = {f["change_id"]: f for f in after.facts}
+    withdrawn = sorted(c for c in old if c not in new)
+    absorbed = sorted(rehoming.refold[lead])
+    facts: list[dict[str, Any]] = []
+    if withdrawn:
+        facts.append(
+            {
+                "event": "LeadHistoryCorrected",
+                "schema_version": 1,
+                "change_id": change_id("merged", funnel.name, lead, *absorbed),
+                "funnel": funnel.name,
+                "funnel_version": funnel.version,
+                "lead_id": lead,
+                "stage": after.state.stage,
+                "stage_entered_at": (
+                    after.state.stage_entered_at.isoformat()
+                    if after.state.stage_entered_at
+                    else None
+                ),
+                "sales_ready": after.state.sales_ready,
+                "withdrawn_change_ids": withdrawn,
+                "caused_by": {"merged_lead_ids": absorbed},
+                "occurred_at": None,
+            }
+        )
+    facts.extend(f for c, f in new.items() if c not in old)
+    return facts
+
+
+async def sweep_merges(
+    session: AsyncSession,
+    funnels: Sequence[Funnel],
+    *,
+    outbox_topic: str,
+    account_topic: str | None,
+    since: datetime | None,
+    limit: int = 200,
+) -> tuple[list[str], datetime | None]:
+    """Apply the merges committed after the engine folded the event that caused them
+    (that batch could not see them). Looks at merges recorded since ``since`` (all if
+    None); returns the canonical leads refolded and the ``since`` for next time."""
+    locked = await session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended('leadstage-merge-sweep', 0))")
+    )
+    if not locked:
+        return [], since  # another engine process is sweeping
+    started = await session.scalar(select(func.now()))
+    targets = await unapplied_merge_targets(
+        session, [f.name for f in funnels], since=since, limit=limit
+    )
+    if targets:
+        changes = await _advance_leads(session, funnels, [], outbox_topic, canonical=targets)
+        await advance_accounts(session, funnels, changes, account_topic)
+        logger.info("applied identity merges into %s leads", len(targets))
+    if len(targets) == limit or started is None:
+        return targets, since
+    return targets, started - MERGE_SWEEP_MARGIN
 
 
 def _outbox_row(topic: str, lead: str, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -235,8 +235,22 @@ class IdentityMerge(Base):
     reason: Mapped[str] = mapped_column(String(40))
     event_id: Mapped[str] = mapped_column(String(255))
     moved: Mapped[list[list[str]]] = mapped_column(JSONB)
-    merged_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # Indexed: the engine's merge sweep reads the recent merges.
+    merged_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now(), index=True)
     reverted_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class MergedLead(Base):
+    """A lead the engine merged into another after an identity merge: its touchpoints
+    now belong to ``into_lead`` (always the final lead of a chain of merges), and its
+    own state and history rows are gone. Its events still in flight follow it."""
+
+    __tablename__ = "merged_leads"
+
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    into_lead: Mapped[str] = mapped_column(String(262), index=True)
+    merge_id: Mapped[int] = mapped_column(BigInteger)  # identity_merges.id
+    reason: Mapped[str] = mapped_column(String(40))
 
 
 class Account(Base):
