@@ -3,7 +3,9 @@ Spec's examples (track, identify, page, group, alias, batch)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 
 import httpx
 from sqlalchemy import select
@@ -70,13 +72,25 @@ async def test_a_segment_journey_moves_the_lead_and_builds_its_account(
         )
     async with httpx.AsyncClient(timeout=10) as reader:
         view = await wait_for_stage(reader, stack, user, "Action")
+        # The anonymous page view joins the user's history once the engine applies the
+        # merge (with the identify event, or its sweep if the merge committed later).
+        deadline = time.monotonic() + 15
+        while len(view["transitions"]) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            view = (
+                await reader.get(f"{stack.api.url}/v1/leads/{user}", headers=stack.read_headers)
+            ).json()
 
     for response in (page, identify, group_call, track):
         assert response.status_code == 200, response.text
         assert response.json()["success"] is True
     assert page.json()["results"][0]["lead_id"] == f"anon:{anonymous}"
     assert identify.json()["results"][0]["lead_id"] == user
-    assert [t["to_stage"] for t in view["transitions"]] == ["Action"]
+    assert [(t["to_stage"], t["event_type"]) for t in view["transitions"]] == [
+        ("Awareness", "page_view"),
+        ("Action", "demo_requested"),
+    ]
+    assert view["first_touch_at"] == "2026-11-20T10:00:00Z"
     async with sessions() as session:
         merge = await session.scalar(
             select(IdentityMerge).where(IdentityMerge.from_lead == f"anon:{anonymous}")
