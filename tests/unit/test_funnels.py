@@ -394,6 +394,31 @@ def test_the_account_stage_follows_the_account_rule(presets: dict[str, Funnel]) 
     assert aida.account_stage(["Interest", "Action"]) == "Action"
 
 
+def test_the_account_stage_from_counts_and_the_kind_of_an_account_move(
+    presets: dict[str, Funnel],
+) -> None:
+    b2b = presets["b2b-six-stage"]  # stages: Awareness .. Customer; quorum 2 at Engagement
+    assert b2b.account_stage_of([0, 0, 0, 0, 0, 1]) == "Action"  # one customer, no quorum
+    assert b2b.account_stage_of([3, 0, 0, 1, 0, 1]) == "Customer"  # quorum: Eng + Customer
+    assert b2b.account_stage_of([0] * 6) is None
+    journey = presets["buyers-journey"]  # quorum 3 at Decision, its last stage
+    assert journey.account_stage_of([0, 0, 2]) == "Consideration"
+    assert journey.account_stage_of([0, 1, 3]) == "Decision"
+    assert [
+        b2b.account_move(a, b)
+        for a, b in [
+            (None, "Action"),
+            ("Action", "Engagement"),
+            ("Interest", "Opportunity"),
+            ("Opportunity", "Action"),
+            ("Action", None),
+        ]
+    ] == ["entered", "advanced", "skipped", "regressed", "exited"]
+    loyalty = presets["six-stage-loyalty"]  # loop: Loyalty -> Purchase
+    assert loyalty.account_move("Loyalty", "Purchase") == "looped"
+    assert loyalty.account_move("Purchase", "Evaluation") == "regressed"
+
+
 def test_an_event_view_from_a_touchpoint() -> None:
     touchpoint = Touchpoint.accept(
         TouchpointIn.model_validate(
