@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from leadstage.db.partitions import maintain_touchpoint_partitions
 from leadstage.db.session import create_engine, create_session_factory, ping
 from leadstage.http import health_router, install_error_handlers
 from leadstage.settings import EngineSettings
@@ -63,6 +64,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
             # which resumes from the offsets stored in PostgreSQL.
             os.kill(os.getpid(), signal.SIGTERM)
 
+    partitions_stopping = asyncio.Event()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
@@ -72,6 +75,10 @@ def create_app(settings: EngineSettings) -> FastAPI:
             asyncio.create_task(webhooks.run(), name="webhooks")
             if settings.webhooks_enabled
             else None
+        )
+        partitions_task = asyncio.create_task(
+            maintain_touchpoint_partitions(sessions, partitions_stopping),
+            name="touchpoint-partitions",
         )
         relay_task = asyncio.create_task(
             relay_forever(sessions, publisher, settings.lead_stage_changed_topic, relay_stopping),
@@ -99,6 +106,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(webhook_task, return_exceptions=True)
+            partitions_stopping.set()
+            await asyncio.gather(partitions_task, return_exceptions=True)
             await publisher.stop()
             await database.dispose()
 

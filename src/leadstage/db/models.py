@@ -13,7 +13,6 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Double,
-    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -79,7 +78,8 @@ class ApiToken(Base):
 
 
 class StoredTouchpoint(Base):
-    """Every touchpoint the engine consumed, once (the primary key deduplicates).
+    """Every touchpoint the engine consumed, once (the primary key deduplicates),
+    partitioned by month of ``occurred_at``.
 
     Event ids are unique per source: two sources may both number their events
     1, 2, 3 without one suppressing the other's.
@@ -91,15 +91,23 @@ class StoredTouchpoint(Base):
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     lead_key: Mapped[str] = mapped_column(String(262))
     type: Mapped[str] = mapped_column(String(120))
-    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    # In the key because the table is partitioned by it (PostgreSQL requires the
+    # partition key in every unique constraint). A record's occurred_at never changes
+    # once ingest stamped it, so (source, event_id) still deduplicates redeliveries.
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
     received_at: Mapped[datetime] = mapped_column(Timestamp)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     topic: Mapped[str] = mapped_column(String(249))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
 
-    # A lead's history in event time: refolds and counted-window rules read it.
-    __table_args__ = (Index("ix_touchpoints_lead_time", "lead_key", "occurred_at"),)
+    __table_args__ = (
+        # A lead's history in event time: refolds and counted-window rules read it.
+        Index("ix_touchpoints_lead_time", "lead_key", "occurred_at"),
+        # One partition per UTC month (migration 0013, ensure_touchpoint_partitions):
+        # queries over a period read only its months, and old months can be detached.
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
+    )
 
 
 class LeadStage(Base):
@@ -148,12 +156,9 @@ class LeadTransition(Base):
     __table_args__ = (
         # One event moves a lead at most once per funnel: a redelivered event
         # can never add a second transition.
+        # No foreign key to touchpoints (migration 0013): it would block detaching
+        # old months' partitions; the engine writes both in one transaction.
         UniqueConstraint("funnel", "source", "event_id"),
-        ForeignKeyConstraint(
-            ["source", "event_id"],
-            ["touchpoints.source", "touchpoints.event_id"],
-            ondelete="CASCADE",
-        ),
         Index("ix_lead_transitions_lead", "funnel", "lead_key", "occurred_at", "id"),
     )
 
