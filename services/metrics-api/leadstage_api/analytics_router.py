@@ -1,0 +1,115 @@
+"""Funnel analytics routes: thin handlers over cohorts, timing, transitions_report and
+attribution. Every report takes the segment parameters of :mod:`leadstage_api.segments`
+and needs the ``metrics:read`` scope."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, status
+
+from leadstage.credentials import SCOPE_READ_METRICS, Caller
+from leadstage.funnels import Funnel
+from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
+from leadstage_api import cohorts
+from leadstage_api.analytics_schemas import CohortReport
+from leadstage_api.dependencies import Session, require_scope
+from leadstage_api.periods import Period, report_range
+from leadstage_api.router import check_funnel
+from leadstage_api.segments import Segmentation, Unit, segmentation_params
+
+router = APIRouter(prefix="/v1/funnels", tags=["funnel analytics"])
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    403: {"model": ErrorEnvelope, "description": "The token lacks the metrics:read scope."},
+    404: {"model": ErrorEnvelope, "description": "Unknown funnel or stage (named)."},
+}
+SEGMENT_NOTE = (
+    " Filters: `industry`, `size_band`, `country`, `tier` (the account's firmographics) and "
+    "`channel`, `campaign` (utm_campaign), `source` (utm_source) of the unit's first touch; "
+    "repeat a parameter for several values. `breakdown=<dimension>` adds the figures per "
+    "value of one dimension. `unit=account` counts accounts: an account reaches a stage "
+    "when its first contact does. `from`/`to` default to the 90 days before now; at most "
+    "731 days."
+)
+
+Metrics = Annotated[Caller, Depends(require_scope(SCOPE_READ_METRICS))]
+FunnelName = Annotated[str, Path(max_length=100, description="An active funnel's name.")]
+From = Annotated[datetime | None, Query(alias="from", description="Start, inclusive.")]
+To = Annotated[datetime | None, Query(alias="to", description="End, exclusive.")]
+Segments = Annotated[Segmentation, Depends(segmentation_params)]
+
+
+def active_funnel(request: Request, name: str) -> Funnel:
+    check_funnel(request, name)
+    funnel: Funnel = request.app.state.funnels[name]
+    return funnel
+
+
+def funnel_stage(funnel: Funnel, stage: str, field: str, *, exits: bool = False) -> str:
+    if stage in funnel.stages or (exits and stage in funnel.exits):
+        return stage
+    raise ApiError(
+        status.HTTP_404_NOT_FOUND,
+        "not_found",
+        f"Unknown stage {stage!r} in {funnel.name}.",
+        details=[
+            ErrorDetail(
+                field=field,
+                reason=f"stages: {', '.join(funnel.stages)}"
+                + (f"; exits: {', '.join(sorted(funnel.exits))}" if exits else ""),
+            )
+        ],
+    )
+
+
+def leads_only(segmentation: Segmentation, report: str) -> None:
+    if segmentation.unit is not Unit.LEAD:
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "schema_violation",
+            f"The {report} report counts leads only.",
+            details=[
+                ErrorDetail(
+                    field="unit",
+                    reason="an account has no stays or moves of its own until account "
+                    "state history exists; use unit=lead",
+                )
+            ],
+        )
+
+
+@router.get(
+    "/{funnel}/cohorts",
+    summary="Cohorts by entry period, followed for N days: reached and conversion per stage",
+    description="Units that entered the funnel in each period of [`from`, `to`) (UTC "
+    "periods), followed for `follow_days` after their own entry: per cohort and stage, how "
+    "many reached it (skips count as passed) and the step and cumulative conversion; per "
+    "stage, the trend of cumulative conversion over the cohorts. A cohort is `complete` "
+    "once every entrant has been followed for the whole window." + SEGMENT_NOTE,
+    responses=RESPONSES,
+)
+async def get_cohorts(
+    request: Request,
+    session: Session,
+    _: Metrics,
+    funnel: FunnelName,
+    segmentation: Segments,
+    range_from: From = None,
+    range_to: To = None,
+    period: Period = Period.MONTH,
+    follow_days: Annotated[int, Query(ge=1, le=365)] = 30,
+) -> CohortReport:
+    definition = active_funnel(request, funnel)
+    now = datetime.now(UTC)
+    return await cohorts.cohorts(
+        session,
+        definition,
+        span=report_range(range_from, range_to, now=now),
+        period=period,
+        follow_days=follow_days,
+        segmentation=segmentation,
+        now=now,
+    )

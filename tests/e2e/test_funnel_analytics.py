@@ -1,0 +1,331 @@
+"""The funnel analytics reports on a small worked dataset, every figure computed by hand.
+
+The events go through the real engine's ``apply_batch`` into the real PostgreSQL;
+accounts are written as ingest writes them (``accounts``, ``lead_accounts``). The
+reports are read from a real metrics API process. Times are 10:00 UTC unless noted;
+2012 is a leap year (February has 29 days). No other test writes in 2012.
+
+b2b-six-stage (positions: Awareness 0, Interest 1, Action 2, Engagement 3,
+Opportunity 4, Customer 5). Accounts: acme (software, 300 staff -> 200-999, DE,
+tier 1), beta (retail, 40 -> 1-49, US, tier 3), gamma (software, 6000 -> 5000+, FR,
+tier 2).
+
+====  =======  ==============================================================
+lead  account  touches (type channel [utm source/campaign]) -> stage
+====  =======  ==============================================================
+L1    acme     Jan02 ad_click paid_search [google/q1-search] -> Awareness
+               Jan04 content_download email -> Interest
+               Jan06 demo_requested direct -> Action
+               Jan10 webinar_attended events -> Engagement
+               Jan20 meeting_scheduled outbound -> Opportunity
+               Feb05 deal_won outbound, amount 10000 -> Customer
+L2    acme     Jan03 page_view organic_search [bing/brand] -> Awareness
+               Jan15 demo_requested paid_search -> Action (skipped Interest)
+               Jan25 call outbound -> Engagement
+               Feb10 deal_lost outbound -> Lost
+L3    beta     Jan05 ad_click paid_social [linkedin/q1-social] -> Awareness
+               Jan07 email_opened email (no move)
+               Jan09 newsletter_signup email -> Interest
+L4    beta     Feb03 page_view organic_search -> Awareness
+               Feb04 12:00 meeting_scheduled outbound -> Opportunity (skipped)
+               Feb24 deal_won (no channel), amount 5000 -> Customer
+L5    gamma    Jan20 page_view paid_search [google/q1-search] -> Awareness
+               Jan21 trial_started direct -> Engagement (skipped)
+               Feb01 call outbound, outcome disqualified -> Disqualified
+L6    -        Feb08 ad_click paid_social [linkedin/q1-social] -> Awareness
+               Feb09 demo_requested paid_social -> Action (skipped)
+               Feb11 webinar_attended events -> Engagement
+               Mar01 meeting_held outbound -> Opportunity
+L7    -        Feb15 page_view (no channel) -> Awareness
+L8    -        Mar05 page_view direct -> Awareness
+L9    -        Mar10 demo_requested referral -> Action (entered there)
+====  =======  ==============================================================
+
+decision-journey (Consider 0, Evaluate 1, Buy 2, Enjoy 3, Advocate 4, Bond 5), June:
+D1: Jun01 page_view -> Consider; Jun03 demo_requested -> Evaluate; Jun05 call
+(outcome not_a_fit) -> Consider (regressed); Jun08 content_download -> Evaluate;
+Jun12 deal_won -> Buy; Jun15 custom:onboarding_completed -> Enjoy; Jun20 renewal
+-> Buy (looped). D2: Jun02 page_view -> Consider; Jun04 deal_won -> Buy (skipped);
+Jun06 churned -> Churned (exited).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import insert
+
+from leadstage.db.models import Account, LeadAccount
+from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.events import Touchpoint, TouchpointIn
+from leadstage.funnels import load_presets
+from leadstage.transport.base import Record
+from leadstage_engine.processing import apply_batch
+from tests.e2e.conftest import MetricsApi
+
+PRESETS = load_presets()
+B2B, DJ = PRESETS["b2b-six-stage"], PRESETS["decision-journey"]
+DAY = 86_400.0
+HOUR = 3_600.0
+
+
+def at(month: int, day: int, hour: int = 10) -> datetime:
+    return datetime(2012, month, day, hour, tzinfo=UTC)
+
+
+Q1_SEARCH = {"source": "google", "name": "q1-search"}
+Q1_SOCIAL = {"source": "linkedin", "name": "q1-social"}
+# (lead, time, type, channel, utm, properties)
+B2B_EVENTS: list[tuple[str, datetime, str, str | None, dict[str, str] | None, dict[str, Any]]] = [
+    ("L1", at(1, 2), "ad_click", "paid_search", Q1_SEARCH, {}),
+    ("L1", at(1, 4), "content_download", "email", None, {}),
+    ("L1", at(1, 6), "demo_requested", "direct", None, {}),
+    ("L1", at(1, 10), "webinar_attended", "events", None, {}),
+    ("L1", at(1, 20), "meeting_scheduled", "outbound", None, {}),
+    ("L1", at(2, 5), "deal_won", "outbound", None, {"amount": 10000}),
+    ("L2", at(1, 3), "page_view", "organic_search", {"source": "bing", "name": "brand"}, {}),
+    ("L2", at(1, 15), "demo_requested", "paid_search", None, {}),
+    ("L2", at(1, 25), "call", "outbound", None, {}),
+    ("L2", at(2, 10), "deal_lost", "outbound", None, {}),
+    ("L3", at(1, 5), "ad_click", "paid_social", Q1_SOCIAL, {}),
+    ("L3", at(1, 7), "email_opened", "email", None, {}),
+    ("L3", at(1, 9), "newsletter_signup", "email", None, {}),
+    ("L4", at(2, 3), "page_view", "organic_search", None, {}),
+    ("L4", at(2, 4, 12), "meeting_scheduled", "outbound", None, {}),
+    ("L4", at(2, 24), "deal_won", None, None, {"amount": 5000}),
+    ("L5", at(1, 20), "page_view", "paid_search", Q1_SEARCH, {}),
+    ("L5", at(1, 21), "trial_started", "direct", None, {}),
+    ("L5", at(2, 1), "call", "outbound", None, {"outcome": "disqualified"}),
+    ("L6", at(2, 8), "ad_click", "paid_social", Q1_SOCIAL, {}),
+    ("L6", at(2, 9), "demo_requested", "paid_social", None, {}),
+    ("L6", at(2, 11), "webinar_attended", "events", None, {}),
+    ("L6", at(3, 1), "meeting_held", "outbound", None, {}),
+    ("L7", at(2, 15), "page_view", None, None, {}),
+    ("L8", at(3, 5), "page_view", "direct", None, {}),
+    ("L9", at(3, 10), "demo_requested", "referral", None, {}),
+]
+DJ_EVENTS: list[tuple[str, datetime, str, str | None, dict[str, str] | None, dict[str, Any]]] = [
+    ("D1", at(6, 1), "page_view", None, None, {}),
+    ("D1", at(6, 3), "demo_requested", None, None, {}),
+    ("D1", at(6, 5), "call", None, None, {"outcome": "not_a_fit"}),
+    ("D1", at(6, 8), "content_download", None, None, {}),
+    ("D1", at(6, 12), "deal_won", None, None, {}),
+    ("D1", at(6, 15), "custom:onboarding_completed", None, None, {}),
+    ("D1", at(6, 20), "renewal", None, None, {}),
+    ("D2", at(6, 2), "page_view", None, None, {}),
+    ("D2", at(6, 4), "deal_won", None, None, {}),
+    ("D2", at(6, 6), "churned", None, None, {}),
+]
+ACCOUNTS = {
+    "acme": ("software", 300, "DE", 1, ["L1", "L2"]),
+    "beta": ("retail", 40, "US", 3, ["L3", "L4"]),
+    "gamma": ("software", 6000, "FR", 2, ["L5"]),
+}
+
+
+@dataclass
+class Worked:
+    run: str
+    api: MetricsApi
+
+    def lead(self, name: str) -> str:
+        return f"{self.run}-{name}"
+
+    async def get(self, path: str, **params: Any) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30, headers=self.api.headers) as http:
+            return await http.get(f"{self.api.url}/v1/funnels/{path}", params=params)
+
+    async def ok(self, path: str, **params: Any) -> Any:
+        response = await self.get(path, **params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def records(run: str, topic: str, events: list[Any]) -> list[Record]:
+    return [
+        Record(
+            topic,
+            0,
+            offset,
+            None,
+            Touchpoint.accept(
+                TouchpointIn.model_validate(
+                    {
+                        "event_id": f"{run}-{topic}-{offset}",
+                        "type": kind,
+                        "lead_id": f"{run}-{lead}",
+                        "occurred_at": when,
+                        "channel": channel,
+                        "utm": utm,
+                        "properties": properties,
+                    }
+                ),
+                source=f"analytics-{run}",
+                received_at=when,
+            ).to_record(),
+        )
+        for offset, (lead, when, kind, channel, utm, properties) in enumerate(
+            sorted(events, key=lambda e: e[1])
+        )
+    ]
+
+
+@pytest.fixture(scope="module")
+async def worked(analytics_api: MetricsApi, sessions: SessionFactory) -> Worked:
+    run = secrets.token_hex(3)
+    async with unit_of_work(sessions) as session:
+        for topic, events, funnel in (
+            ("analytics-b2b", B2B_EVENTS, B2B),
+            ("analytics-dj", DJ_EVENTS, DJ),
+        ):
+            await apply_batch(
+                session,
+                records(run, topic, events),
+                consumer_group=f"analytics-{run}",
+                funnels=[funnel],
+                outbox_topic="tests.unpublished.v1",
+            )
+        for name, (industry, staff, country, tier, contacts) in ACCOUNTS.items():
+            await session.execute(
+                insert(Account).values(
+                    id=f"{run}-{name}",
+                    name=name,
+                    industry=industry,
+                    employee_count=staff,
+                    country=country,
+                    tier=tier,
+                )
+            )
+            for contact in contacts:
+                await session.execute(
+                    insert(LeadAccount).values(
+                        lead_id=f"{run}-{contact}",
+                        account_id=f"{run}-{name}",
+                        attached_by="explicit",
+                    )
+                )
+    return Worked(run, analytics_api)
+
+
+def reached(cohort: dict[str, Any]) -> list[int]:
+    return [stage["reached"] for stage in cohort["stages"]]
+
+
+def by_value(segments: list[dict[str, Any]]) -> dict[str | None, dict[str, Any]]:
+    return {segment["value"]: segment for segment in segments}
+
+
+# -- cohorts ----------------------------------------------------------------------------
+
+JAN_FEB = {"from": "2012-01-01T00:00:00Z", "to": "2012-03-01T00:00:00Z"}
+
+
+async def test_cohorts_follow_each_entrant_for_the_window(worked: Worked) -> None:
+    body = await worked.ok("b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30)
+    january, february = body["cohorts"]
+    assert january["period_start"] == "2012-01-01T00:00:00Z"
+    assert january["followed_until"] == "2012-03-02T00:00:00Z"  # Feb 1 + 30 days
+    assert january["complete"] is True
+    # January entrants L1 (Jan02), L2 (Jan03), L3 (Jan05), L5 (Jan20), each followed 30
+    # days: L1 reached 0-4 (Customer on Feb05 is after Feb01), L2 0-3, L3 0-1, L5 0-3.
+    assert january["entered"] == 4
+    assert reached(january) == [4, 4, 3, 3, 1, 0]
+    # February entrants L4 (Feb03: Customer Feb24 within Mar04), L6 (Feb08: Opportunity
+    # Mar01 within Mar09), L7 (Feb15: Awareness only).
+    assert reached(february) == [3, 2, 2, 2, 2, 1]
+    assert january["stages"][4]["cumulative_conversion"] == {"value": 0.25, "reason": None}
+    assert february["stages"][5]["cumulative_conversion"]["value"] == round(1 / 3, 6)
+    assert february["stages"][1]["step_conversion"]["value"] == round(2 / 3, 6)
+    customer = body["trends"][5]
+    assert [p["value"] for p in customer["points"]] == [0.0, round(1 / 3, 6)]
+    assert customer["change"]["value"] == round(1 / 3, 6)  # 0 -> 1/3
+
+    # 60 days: L1's Customer (Feb05) is within Jan02 + 60 days now.
+    longer = await worked.ok("b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=60)
+    assert reached(longer["cohorts"][0]) == [4, 4, 3, 3, 1, 1]
+
+
+async def test_cohorts_breakdown_filter_and_account_unit(worked: Worked) -> None:
+    body = await worked.ok(
+        "b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30, breakdown="industry"
+    )
+    segments = by_value(body["segments"])
+    # January by industry: software = L1, L2 (acme) and L5 (gamma); retail = L3 (beta).
+    assert reached(segments["software"]["cohorts"][0]) == [3, 3, 3, 3, 1, 0]
+    assert reached(segments["retail"]["cohorts"][0]) == [1, 1, 0, 0, 0, 0]
+    # February: retail = L4; no account (null) = L6, L7.
+    assert reached(segments["retail"]["cohorts"][1]) == [1, 1, 1, 1, 1, 1]
+    assert reached(segments[None]["cohorts"][1]) == [2, 1, 1, 1, 1, 0]
+    for month in (0, 1):  # the segments add up to the whole
+        assert [
+            sum(reached(s["cohorts"][month])[k] for s in body["segments"]) for k in range(6)
+        ] == reached(body["cohorts"][month])
+
+    # First-touch channel paid_search: L1 (ad_click) and L5 (page_view) in January.
+    paid = await worked.ok(
+        "b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30, channel="paid_search"
+    )
+    assert reached(paid["cohorts"][0]) == [2, 2, 2, 2, 1, 0]
+    assert paid["cohorts"][1]["entered"] == 0
+    assert paid["cohorts"][1]["stages"][0]["cumulative_conversion"] == {
+        "value": None,
+        "reason": "no units entered in this period",
+    }
+    assert paid["filters"] == {"channel": ["paid_search"]}
+
+    # Accounts: acme enters Jan02 (L1) and reaches 0-4 within 30 days; beta enters Jan05
+    # (L3), reaches 0-1 by Feb04 10:00 (L4's meeting at 12:00 is two hours late); gamma
+    # enters Jan20 (L5), 0-3. Nobody enters in February: beta entered in January.
+    accounts = await worked.ok(
+        "b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30, unit="account"
+    )
+    assert reached(accounts["cohorts"][0]) == [3, 3, 2, 2, 1, 0]
+    assert accounts["cohorts"][1]["entered"] == 0
+    assert accounts["unit"] == "account"
+
+
+# -- the summary, with filters, breakdown and the account unit ---------------------------
+
+Q1 = {"from": "2012-01-01T00:00:00Z", "to": "2012-04-01T00:00:00Z"}
+
+
+def reached_per_stage(figures: dict[str, Any]) -> list[int]:
+    return [stage["reached"] for stage in figures["stages"]]
+
+
+async def test_summary_breakdown_filters_and_accounts(worked: Worked) -> None:
+    # Furthest stages: L1 5, L2 3, L3 1, L4 5, L5 3, L6 4, L7 0, L8 0, L9 2.
+    whole = await worked.ok("b2b-six-stage/summary", **Q1)
+    assert whole["leads"] == 9
+    assert reached_per_stage(whole) == [9, 7, 6, 5, 3, 2]
+
+    body = await worked.ok("b2b-six-stage/summary", **Q1, breakdown="tier")
+    tiers = by_value(body["segments"])
+    # tier 1 = acme (L1: 5, L2: 3); tier 3 = beta (L3: 1, L4: 5); tier 2 = gamma (L5: 3,
+    # now Disqualified); no account = L6 (4), L7 (0), L8 (0), L9 (2).
+    assert reached_per_stage(tiers["1"]) == [2, 2, 2, 2, 1, 1]
+    assert reached_per_stage(tiers["3"]) == [2, 2, 1, 1, 1, 1]
+    assert reached_per_stage(tiers["2"]) == [1, 1, 1, 1, 0, 0]
+    assert tiers["2"]["exits"]["Disqualified"] == 1
+    assert reached_per_stage(tiers[None]) == [4, 2, 2, 1, 1, 0]
+    assert [sum(s["leads"] for s in body["segments"])] == [body["leads"]] == [9]
+    assert list(tiers) == ["1", "2", "3", None]  # value order, unknown last
+
+    # Filters AND across dimensions, OR within one: software in DE is acme only.
+    acme = await worked.ok("b2b-six-stage/summary", **Q1, industry="software", country="de")
+    assert reached_per_stage(acme) == [2, 2, 2, 2, 1, 1]
+    both = await worked.ok("b2b-six-stage/summary", **{**Q1, "size_band": ["1-49", "5000+"]})
+    assert reached_per_stage(both) == [3, 3, 2, 2, 1, 1]  # beta (L3, L4) and gamma (L5)
+
+    # Accounts: acme reached Customer (L1) and is a customer now; beta too (L4); gamma
+    # reached Engagement (L5) and, its only contact disqualified, is Disqualified.
+    accounts = await worked.ok("b2b-six-stage/summary", **Q1, unit="account")
+    assert accounts["leads"] == 3
+    assert reached_per_stage(accounts) == [3, 3, 3, 3, 2, 2]
+    assert accounts["stages"][5]["current"] == 2
+    assert accounts["exits"] == {"Churned": 0, "Disqualified": 1, "Lost": 0}
