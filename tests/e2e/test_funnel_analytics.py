@@ -329,3 +329,126 @@ async def test_summary_breakdown_filters_and_accounts(worked: Worked) -> None:
     assert reached_per_stage(accounts) == [3, 3, 3, 3, 2, 2]
     assert accounts["stages"][5]["current"] == 2
     assert accounts["exits"] == {"Churned": 0, "Disqualified": 1, "Lost": 0}
+
+
+# -- time in stage and time to convert ---------------------------------------------------
+
+
+def stats(figures: dict[str, Any]) -> tuple[int, float | None, float | None, float | None]:
+    return (
+        figures["count"],
+        figures["median_seconds"]["value"],
+        figures["p75_seconds"]["value"],
+        figures["p90_seconds"]["value"],
+    )
+
+
+def buckets(figures: dict[str, Any]) -> dict[str, int]:
+    return {b["label"]: b["count"] for b in figures["histogram"] if b["count"]}
+
+
+async def test_time_in_stage_measures_completed_stays(worked: Worked) -> None:
+    body = await worked.ok("b2b-six-stage/time-in-stage", **Q1)
+    stages = {s["stage"]: s for s in body["stages"]}
+    # Awareness stays: L1 2d, L2 12d, L3 4d, L4 26h, L5 1d, L6 1d; sorted 1d, 1d, 26h, 2d,
+    # 4d, 12d. percentile_cont interpolates at (n-1)p: median at 2.5 = (26h + 48h) / 2
+    # = 37h; p75 at 3.75 = 2d + 0.75 * 2d = 3.5d; p90 at 4.5 = 4d + 0.5 * 8d = 8d.
+    assert stats(stages["Awareness"]) == (6, 37 * HOUR, 3.5 * DAY, 8 * DAY)
+    assert buckets(stages["Awareness"]) == {"1d-3d": 4, "3d-7d": 1, "7d-14d": 1}
+    assert stages["Awareness"]["open"] == 2  # L7 and L8 are still there
+    # Engagement: L1 10d, L5 11d, L2 16d, L6 19d (Feb11 -> Mar01 in a leap year): median
+    # 13.5d; p75 at 2.25 = 16d + 0.25 * 3d = 16.75d; p90 at 2.7 = 16d + 0.7 * 3d = 18.1d.
+    assert stats(stages["Engagement"]) == (4, 13.5 * DAY, 16.75 * DAY, 1_563_840.0)  # 18.1d
+    assert buckets(stages["Engagement"]) == {"7d-14d": 2, "14d-30d": 2}
+    # Opportunity: L1 16d = 384h, L4 Feb04 12:00 -> Feb24 10:00 = 478h; median 431h.
+    assert stats(stages["Opportunity"])[:2] == (2, 431 * HOUR)
+    assert stages["Opportunity"]["open"] == 1  # L6
+    assert stats(stages["Customer"]) == (0, None, None, None)
+    assert stages["Customer"]["median_seconds"]["reason"] == (
+        "no completed stays in this stage in the range"
+    )
+    assert stages["Customer"]["open"] == 2
+    assert "completed stays" in body["measures"]
+
+    # Software (L1, L2, L5): Awareness 2d, 12d, 1d -> median 2d.
+    software = await worked.ok("b2b-six-stage/time-in-stage", **Q1, industry="software")
+    assert stats(software["stages"][0])[:2] == (3, 2 * DAY)
+    # By first-touch channel, Engagement: paid_search L1 10d and L5 11d -> 10.5d;
+    # organic_search L2 16d; paid_social L6 19d.
+    by_channel = await worked.ok("b2b-six-stage/time-in-stage", **Q1, breakdown="channel")
+    engagement = {
+        s["value"]: stats(s["stages"][3])[:2]
+        for s in by_channel["segments"]
+        if s["stages"][3]["count"]
+    }
+    assert engagement == {
+        "paid_search": (2, 10.5 * DAY),
+        "organic_search": (1, 16 * DAY),
+        "paid_social": (1, 19 * DAY),
+    }
+
+    # A regression makes a second stay: Consider D1 2d and 3d, D2 2d -> median 2d, p75 at
+    # 1.5 = 2.5d, p90 at 1.8 = 2.8d. Buy: D1 3d, D2 2d; D1's looped-back visit is open.
+    journey = await worked.ok(
+        "decision-journey/time-in-stage",
+        **{"from": "2012-06-01T00:00:00Z", "to": "2012-07-01T00:00:00Z"},
+    )
+    consider, _, buy = journey["stages"][:3]
+    assert stats(consider) == (3, 2 * DAY, 2.5 * DAY, 241_920.0)  # 2.8d
+    assert (buy["count"], buy["open"]) == (2, 1)
+
+    refused = await worked.get("b2b-six-stage/time-in-stage", **Q1, unit="account")
+    assert refused.status_code == 422
+    assert refused.json()["error"]["details"][0]["field"] == "unit"
+
+
+async def test_time_to_convert_with_trend_breakdown_and_accounts(worked: Worked) -> None:
+    body = await worked.ok("b2b-six-stage/time-to-convert", **Q1)
+    assert (body["from_stage"], body["to_stage"]) == ("Awareness", "Customer")
+    # Customers in Q1: L1 Jan02 -> Feb05 = 34d, L4 Feb03 -> Feb24 = 21d: median 27.5d;
+    # p75 = 21d + 0.75 * 13d = 30.75d; p90 = 21d + 0.9 * 13d = 32.7d.
+    assert stats(body) == (2, 27.5 * DAY, 30.75 * DAY, 2_825_280.0)  # 32.7d
+    assert buckets(body) == {"14d-30d": 1, "30d-60d": 1}
+    assert [(p["period_start"][:7], p["count"]) for p in body["trend"]] == [
+        ("2012-01", 0),
+        ("2012-02", 2),
+        ("2012-03", 0),
+    ]
+    assert body["trend"][0]["median_seconds"] == {
+        "value": None,
+        "reason": "no unit reached Customer in this period",
+    }
+
+    # Action -> Opportunity: L1 Jan06 -> Jan20 = 14d (January), L4 skipped both on Feb04
+    # = 0 (February), L6 Feb09 -> Mar01 = 21d (March).
+    action = await worked.ok(
+        "b2b-six-stage/time-to-convert", **Q1, from_stage="Action", to_stage="Opportunity"
+    )
+    assert stats(action)[:2] == (3, 14 * DAY)
+    assert [p["median_seconds"]["value"] for p in action["trend"]] == [14 * DAY, 0.0, 21 * DAY]
+
+    by_tier = await worked.ok("b2b-six-stage/time-to-convert", **Q1, breakdown="tier")
+    assert {s["value"]: stats(s)[:2] for s in by_tier["segments"]} == {
+        "1": (1, 34 * DAY),
+        "3": (1, 21 * DAY),
+    }
+    # Accounts: acme Jan02 (L1) -> Feb05 (L1) = 34d; beta Jan05 (L3) -> Feb24 (L4) = 50d.
+    accounts = await worked.ok("b2b-six-stage/time-to-convert", **Q1, unit="account")
+    assert stats(accounts)[:2] == (2, 42 * DAY)
+
+    empty = await worked.ok(
+        "b2b-six-stage/time-to-convert",
+        **{"from": "2013-01-01T00:00:00Z", "to": "2013-02-01T00:00:00Z"},
+    )
+    assert stats(empty) == (0, None, None, None)
+    assert empty["median_seconds"]["reason"] == "no unit reached Customer in the range"
+
+    backwards = await worked.get(
+        "b2b-six-stage/time-to-convert", **Q1, from_stage="Customer", to_stage="Action"
+    )
+    assert backwards.status_code == 422
+    assert backwards.json()["error"]["details"][0]["field"] == "to_stage"
+    unknown = await worked.get("b2b-six-stage/time-to-convert", **Q1, from_stage="Nirvana")
+    assert unknown.status_code == 404
+    assert "Nirvana" in unknown.json()["error"]["message"]
+    assert unknown.json()["error"]["details"][0]["field"] == "from_stage"

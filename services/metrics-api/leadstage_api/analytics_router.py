@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 from leadstage.credentials import SCOPE_READ_METRICS, Caller
 from leadstage.funnels import Funnel
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
-from leadstage_api import cohorts
-from leadstage_api.analytics_schemas import CohortReport
+from leadstage_api import cohorts, timing
+from leadstage_api.analytics_schemas import CohortReport, TimeInStageReport, TimeToConvertReport
 from leadstage_api.dependencies import Session, require_scope
 from leadstage_api.periods import Period, report_range
 from leadstage_api.router import check_funnel
@@ -112,4 +112,71 @@ async def get_cohorts(
         follow_days=follow_days,
         segmentation=segmentation,
         now=now,
+    )
+
+
+@router.get(
+    "/{funnel}/time-in-stage",
+    summary="Per stage: median, p75, p90 and a histogram of completed stays",
+    description="Completed stays only: a stay runs from a lead's move into a stage to its "
+    "next move (an exit included) and counts in the range its end falls in; a stay still "
+    "open is counted as `open`, not measured. A revisit (regression, loop) is a stay of its "
+    "own. Percentiles are PostgreSQL's interpolated `percentile_cont`, in seconds. Leads "
+    "only (`unit=account` is refused)." + SEGMENT_NOTE,
+    responses=RESPONSES,
+)
+async def get_time_in_stage(
+    request: Request,
+    session: Session,
+    _: Metrics,
+    funnel: FunnelName,
+    segmentation: Segments,
+    range_from: From = None,
+    range_to: To = None,
+) -> TimeInStageReport:
+    definition = active_funnel(request, funnel)
+    span = report_range(range_from, range_to, now=datetime.now(UTC))
+    leads_only(segmentation, "time-in-stage")
+    return await timing.time_in_stage(session, definition, span=span, segmentation=segmentation)
+
+
+@router.get(
+    "/{funnel}/time-to-convert",
+    summary="Time from one stage to a later one: median, p75, p90, histogram, trend",
+    description="For each unit that first reached `to_stage` in [`from`, `to`): the time "
+    "since it first reached `from_stage`, both counting skips (a unit that jumped over "
+    "`from_stage` took 0 from it). The trend groups conversions by their period. Defaults: "
+    "the funnel's first and last stage." + SEGMENT_NOTE,
+    responses=RESPONSES,
+)
+async def get_time_to_convert(
+    request: Request,
+    session: Session,
+    _: Metrics,
+    funnel: FunnelName,
+    segmentation: Segments,
+    range_from: From = None,
+    range_to: To = None,
+    from_stage: Annotated[str | None, Query(max_length=100)] = None,
+    to_stage: Annotated[str | None, Query(max_length=100)] = None,
+    period: Period = Period.MONTH,
+) -> TimeToConvertReport:
+    definition = active_funnel(request, funnel)
+    start = funnel_stage(definition, from_stage or definition.stages[0], "from_stage")
+    end = funnel_stage(definition, to_stage or definition.stages[-1], "to_stage")
+    if definition.stages.index(start) >= definition.stages.index(end):
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "schema_violation",
+            "from_stage must come before to_stage.",
+            details=[ErrorDetail(field="to_stage", reason=f"must be a stage after {start}")],
+        )
+    return await timing.time_to_convert(
+        session,
+        definition,
+        from_stage=start,
+        to_stage=end,
+        span=report_range(range_from, range_to, now=datetime.now(UTC)),
+        period=period,
+        segmentation=segmentation,
     )
