@@ -452,3 +452,121 @@ async def test_time_to_convert_with_trend_breakdown_and_accounts(worked: Worked)
     assert unknown.status_code == 404
     assert "Nirvana" in unknown.json()["error"]["message"]
     assert unknown.json()["error"]["details"][0]["field"] == "from_stage"
+
+
+# -- transitions -------------------------------------------------------------------------
+
+FEBRUARY = {"from": "2012-02-01T00:00:00Z", "to": "2012-03-01T00:00:00Z"}
+JUNE = {"from": "2012-06-01T00:00:00Z", "to": "2012-07-01T00:00:00Z"}
+
+
+async def test_who_left_engagement_last_month_and_to_where(worked: Worked) -> None:
+    body = await worked.ok("b2b-six-stage/transitions", **FEBRUARY, stage="Engagement")
+    (engagement,) = body["states"]
+    # February: L5 exited Engagement to Disqualified (Feb01), L2 to Lost (Feb10); L6
+    # advanced into it (Feb11). L6 leaves only on Mar01, outside the range.
+    assert engagement["destinations"] == {"Disqualified": 1, "Lost": 1}
+    assert (engagement["entries"], engagement["departures"], engagement["leads_left"]) == (1, 2, 2)
+    (february,) = engagement["periods"]
+    assert february["exits"] == 2
+    assert february["arrivals_by_kind"] == {"advanced": 1}
+    assert february["departures_by_kind"] == {"exited": 2}
+
+    # By industry: both who left are software (L2 acme, L5 gamma); L6 has no account.
+    split = await worked.ok(
+        "b2b-six-stage/transitions", **FEBRUARY, stage="Engagement", breakdown="industry"
+    )
+    assert {
+        s["value"]: (s["states"][0]["entries"], s["states"][0]["departures"])
+        for s in split["segments"]
+    } == {
+        "software": (0, 2),
+        None: (1, 0),
+    }
+    us = await worked.ok("b2b-six-stage/transitions", **FEBRUARY, stage="Engagement", country="US")
+    assert (us["states"][0]["entries"], us["states"][0]["departures"]) == (0, 0)
+
+
+async def test_transitions_count_regressions_loops_and_exits(worked: Worked) -> None:
+    body = await worked.ok("decision-journey/transitions", **JUNE)
+    states = {s["state"]: s for s in body["states"]}
+    assert list(states) == [
+        "Consider",
+        "Evaluate",
+        "Buy",
+        "Enjoy",
+        "Advocate",
+        "Bond",
+        "Churned",
+        "Lost",
+    ]
+    # Consider: D1 and D2 entered, D1 came back (regressed); D1 advanced twice to
+    # Evaluate, D2 skipped to Buy.
+    assert states["Consider"]["periods"][0]["arrivals_by_kind"] == {"entered": 2, "regressed": 1}
+    assert states["Consider"]["destinations"] == {"Buy": 1, "Evaluate": 2}
+    assert states["Consider"]["leads_left"] == 2
+    # Evaluate: one regression back to Consider, one advance to Buy.
+    assert states["Evaluate"]["periods"][0]["regressions"] == 1
+    assert states["Evaluate"]["destinations"] == {"Buy": 1, "Consider": 1}
+    # Buy: in by advance (D1), skip (D2) and loop (D1 from Enjoy); out to Enjoy and Churned.
+    assert states["Buy"]["periods"][0]["arrivals_by_kind"] == {
+        "advanced": 1,
+        "looped": 1,
+        "skipped": 1,
+    }
+    assert states["Buy"]["periods"][0]["exits"] == 1
+    assert states["Buy"]["destinations"] == {"Churned": 1, "Enjoy": 1}
+    assert states["Enjoy"]["periods"][0]["loops"] == 1
+    assert (states["Churned"]["kind"], states["Churned"]["entries"]) == ("exit", 1)
+    assert states["Bond"]["entries"] == states["Bond"]["departures"] == 0
+
+    daily = await worked.ok("decision-journey/transitions", **JUNE, period="day", stage="Consider")
+    entries = {
+        p["period_start"][:10]: p["entries"] for p in daily["states"][0]["periods"] if p["entries"]
+    }
+    assert entries == {"2012-06-01": 1, "2012-06-02": 1, "2012-06-05": 1}
+    assert len(daily["states"][0]["periods"]) == 30
+
+
+async def test_bad_requests_answer_in_the_error_envelope(worked: Worked) -> None:
+    cases: list[tuple[str, dict[str, Any], int, str]] = [
+        ("nope/transitions", {}, 404, "funnel"),
+        ("b2b-six-stage/transitions", {"stage": "Nowhere"}, 404, "stage"),
+        ("b2b-six-stage/transitions", {"unit": "account"}, 422, "unit"),
+        ("b2b-six-stage/transitions", {"period": "year"}, 422, "period"),
+        ("b2b-six-stage/cohorts", {"breakdown": "zodiac"}, 422, "breakdown"),
+        ("b2b-six-stage/cohorts", {"unit": "team"}, 422, "unit"),
+        ("b2b-six-stage/cohorts", {"channel": "carrier_pigeon"}, 422, "channel.0"),
+        ("b2b-six-stage/cohorts", {"follow_days": 0}, 422, "follow_days"),
+        (
+            "b2b-six-stage/cohorts",
+            {"from": "2012-03-01T00:00:00Z", "to": "2012-01-01T00:00:00Z"},
+            422,
+            "to",
+        ),
+        (
+            "b2b-six-stage/cohorts",
+            {"from": "2010-01-01T00:00:00Z", "to": "2012-06-01T00:00:00Z"},
+            422,
+            "to",
+        ),
+        ("b2b-six-stage/cohorts", {"from": "2012-01-01T00:00:00"}, 422, "from"),
+        (
+            "b2b-six-stage/cohorts",
+            {"from": "2011-01-01T00:00:00Z", "to": "2012-06-01T00:00:00Z", "period": "day"},
+            422,
+            "period",
+        ),
+        (
+            "b2b-six-stage/summary",
+            {"from": "2009-01-01T00:00:00Z", "to": "2012-01-01T00:00:00Z"},
+            422,
+            "to",
+        ),
+        ("b2b-six-stage/summary", {"breakdown": "zodiac"}, 422, "breakdown"),
+    ]
+    for path, params, status, field in cases:
+        response = await worked.get(path, **params)
+        assert response.status_code == status, (path, params, response.text)
+        error = response.json()["error"]
+        assert error["details"][0]["field"] == field, (path, params, error)

@@ -12,8 +12,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 from leadstage.credentials import SCOPE_READ_METRICS, Caller
 from leadstage.funnels import Funnel
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
-from leadstage_api import cohorts, timing
-from leadstage_api.analytics_schemas import CohortReport, TimeInStageReport, TimeToConvertReport
+from leadstage_api import cohorts, timing, transitions_report
+from leadstage_api.analytics_schemas import (
+    CohortReport,
+    TimeInStageReport,
+    TimeToConvertReport,
+    TransitionsReport,
+)
 from leadstage_api.dependencies import Session, require_scope
 from leadstage_api.periods import Period, report_range
 from leadstage_api.router import check_funnel
@@ -179,4 +184,34 @@ async def get_time_to_convert(
         span=report_range(range_from, range_to, now=datetime.now(UTC)),
         period=period,
         segmentation=segmentation,
+    )
+
+
+@router.get(
+    "/{funnel}/transitions",
+    summary="Entries, departures, exits, regressions and loops per state and period",
+    description="Every stage change in [`from`, `to`) is an entry into its target and a "
+    "departure from its origin, in its period (UTC). Per state (stages and exits): entries "
+    "and departures by kind, and `destinations`: who left the state, and to where. "
+    "`stage` narrows the report to one state. Counts are moves (a lead can move twice); "
+    "`leads_left` counts leads. Leads only (`unit=account` is refused)." + SEGMENT_NOTE,
+    responses=RESPONSES,
+)
+async def get_transitions(
+    request: Request,
+    session: Session,
+    _: Metrics,
+    funnel: FunnelName,
+    segmentation: Segments,
+    range_from: From = None,
+    range_to: To = None,
+    period: Period = Period.MONTH,
+    stage: Annotated[str | None, Query(max_length=100, description="A stage or exit.")] = None,
+) -> TransitionsReport:
+    definition = active_funnel(request, funnel)
+    state = funnel_stage(definition, stage, "stage", exits=True) if stage else None
+    span = report_range(range_from, range_to, now=datetime.now(UTC))
+    leads_only(segmentation, "transitions")
+    return await transitions_report.transitions(
+        session, definition, span=span, period=period, state=state, segmentation=segmentation
     )

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from fastapi import status
-from sqlalchemy import ColumnElement, DateTime, func, literal
+from sqlalchemy import ColumnElement, DateTime, SQLColumnExpression, func, literal
 
 from leadstage.http import ApiError, ErrorDetail
 
@@ -99,7 +99,7 @@ def period_starts(span: Range, period: Period) -> list[datetime]:
     return starts
 
 
-def period_start(moment: ColumnElement[Any], period: Period) -> ColumnElement[datetime]:
+def period_start(moment: SQLColumnExpression[Any], period: Period) -> ColumnElement[datetime]:
     """SQL: the UTC period start of a timestamptz column (the period is a bind parameter).
 
     Select it in a subquery and group by that column: two bind parameters are two
