@@ -570,3 +570,140 @@ async def test_bad_requests_answer_in_the_error_envelope(worked: Worked) -> None
         assert response.status_code == status, (path, params, response.text)
         error = response.json()["error"]
         assert error["details"][0]["field"] == field, (path, params, error)
+
+
+# -- attribution -------------------------------------------------------------------------
+
+
+def credits(body: dict[str, Any]) -> dict[str | None, float]:
+    """Credit per value; values touched but given no credit (listed for their touch
+    counts) are left out."""
+    return {c["value"]: c["credit"] for c in body["credits"] if c["credit"]}
+
+
+async def attribute(worked: Worked, **params: Any) -> dict[str, Any]:
+    body: dict[str, Any] = await worked.ok("b2b-six-stage/attribution", **{**Q1, **params})
+    # Every conversion hands out exactly 1 in credit.
+    assert sum(c["credit"] for c in body["credits"]) == pytest.approx(body["conversions"])
+    return body
+
+
+async def test_attribution_models_on_the_customers(worked: Worked) -> None:
+    # Customers in Q1: L1 (touches up to Feb05: paid_search, email, direct, events,
+    # outbound, outbound = the deal) and L4 (organic_search, outbound, none = the deal).
+    first = await attribute(worked, stage="Customer", model="first_touch")
+    assert (first["conversions"], first["unattributed"]) == (2, 0)
+    assert credits(first) == {"organic_search": 1.0, "paid_search": 1.0}
+    assert credits(await attribute(worked, stage="Customer", model="last_touch")) == {
+        "outbound": 1.0,
+        None: 1.0,
+    }
+    linear = await attribute(worked, stage="Customer", model="linear")
+    sixth, third = round(1 / 6, 6), round(1 / 3, 6)
+    # outbound: 2 of L1's 6 touches and 1 of L4's 3 = 2/6 + 1/3.
+    assert credits(linear) == {
+        "direct": sixth,
+        "email": sixth,
+        "events": sixth,
+        "organic_search": third,
+        "outbound": round(2 / 3, 6),
+        "paid_search": sixth,
+        None: third,
+    }
+    outbound = next(c for c in linear["credits"] if c["value"] == "outbound")
+    assert outbound["touches"] == 3
+    assert outbound["share"]["value"] == round(2 / 3 / 2, 6)
+    # Revenue: 10,000 (L1) x 2/6 + 5,000 (L4) x 1/3.
+    assert outbound["revenue"] == 5000.0
+    assert linear["revenue"] == 15000.0
+    # Position based: L1 0.4 first, 0.4 last, 0.2 / 4 each in the middle (its outbound
+    # meeting among them); L4 0.4, 0.2, 0.4.
+    assert credits(await attribute(worked, stage="Customer", model="position_based")) == {
+        "direct": 0.05,
+        "email": 0.05,
+        "events": 0.05,
+        "organic_search": 0.4,
+        "outbound": 0.65,  # 0.4 + 0.05 (L1) + 0.2 (L4)
+        "paid_search": 0.4,
+        None: 0.4,
+    }
+    # Time decay, half-life 7 days: weight 2^(-age/7) by age in days at the conversion.
+    # L1 ages 34, 32, 30, 26, 16, 0; L4 ages 21, 19 + 22/24 (Feb04 12:00 -> Feb24 10:00), 0.
+    l1 = [2 ** (-age / 7) for age in (34, 32, 30, 26, 16, 0)]
+    l4 = [2 ** (-age / 7) for age in (21, 19 + 22 / 24, 0)]
+    expected = {
+        "paid_search": l1[0] / sum(l1),
+        "email": l1[1] / sum(l1),
+        "direct": l1[2] / sum(l1),
+        "events": l1[3] / sum(l1),
+        "outbound": (l1[4] + l1[5]) / sum(l1) + l4[1] / sum(l4),
+        "organic_search": l4[0] / sum(l4),
+        None: l4[2] / sum(l4),
+    }
+    decay = credits(await attribute(worked, stage="Customer", model="time_decay", half_life_days=7))
+    assert decay == pytest.approx(expected, abs=1e-6)
+    slower = credits(
+        await attribute(worked, stage="Customer", model="time_decay", half_life_days=30)
+    )
+    assert slower["paid_search"] > decay["paid_search"]  # a longer half-life favours old touches
+
+
+async def test_attribution_single_and_two_touch_conversions(worked: Worked) -> None:
+    # Reaching Action in Q1: L1 by its 3rd touch (0.4 / 0.2 / 0.4), L2, L4, L5 and L6 by
+    # their 2nd (50/50), L9 by its only touch (100%).
+    body = await attribute(worked, stage="Action", model="position_based")
+    assert body["conversions"] == 6
+    assert credits(body) == {
+        "direct": 0.9,  # L1 0.4 + L5 0.5
+        "email": 0.2,  # L1's middle touch
+        "organic_search": 1.0,  # L2 0.5 + L4 0.5
+        "outbound": 0.5,  # L4
+        "paid_search": 1.4,  # L1 0.4 + L2 0.5 + L5 0.5
+        "paid_social": 1.0,  # L6 0.5 + 0.5
+        "referral": 1.0,  # L9 alone
+    }
+    assert credits(
+        await attribute(worked, stage="Customer", model="first_touch", by="campaign")
+    ) == {
+        "q1-search": 1.0,
+        None: 1.0,
+    }
+    assert credits(await attribute(worked, stage="Customer", model="last_touch", by="type")) == {
+        "deal_won": 2.0
+    }
+
+
+async def test_attribution_breakdown_filters_and_accounts(worked: Worked) -> None:
+    split = await attribute(worked, stage="Customer", model="last_touch", breakdown="industry")
+    assert {s["value"]: (s["conversions"], credits(s)) for s in split["segments"]} == {
+        "retail": (1, {None: 1.0}),  # L4 (beta)
+        "software": (1, {"outbound": 1.0}),  # L1 (acme)
+    }
+    tier3 = await attribute(worked, stage="Customer", model="first_touch", tier=3)
+    assert (tier3["conversions"], credits(tier3)) == (1, {"organic_search": 1.0})
+    # Accounts: acme's first touch is L1's ad click (Jan02), beta's is L3's (Jan05);
+    # acme has 9 touches up to Feb05 (L1's 6, L2's 3), beta 6 up to Feb24 (L3's 3, L4's 3).
+    accounts = await attribute(worked, stage="Customer", model="first_touch", unit="account")
+    assert credits(accounts) == {"paid_search": 1.0, "paid_social": 1.0}
+    linear = await attribute(worked, stage="Customer", model="linear", unit="account")
+    assert sum(c["touches"] for c in linear["credits"]) == 15
+    assert credits(linear)["email"] == round(1 / 9 + 2 / 6, 6)  # L1's download; L3's two
+
+    empty = await worked.ok(
+        "b2b-six-stage/attribution",
+        stage="Customer",
+        **{"from": "2013-01-01T00:00:00Z", "to": "2013-02-01T00:00:00Z"},
+    )
+    assert (empty["conversions"], empty["credits"], empty["revenue"]) == (0, [], 0.0)
+
+    bad: list[tuple[dict[str, Any], int, str]] = [
+        ({}, 422, "stage"),
+        ({"stage": "Nirvana"}, 404, "stage"),
+        ({"stage": "Customer", "model": "w_shaped"}, 422, "model"),
+        ({"stage": "Customer", "by": "weather"}, 422, "by"),
+        ({"stage": "Customer", "half_life_days": 0}, 422, "half_life_days"),
+    ]
+    for params, status, field in bad:
+        response = await worked.get("b2b-six-stage/attribution", **params)
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["details"][0]["field"] == field

@@ -12,13 +12,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 from leadstage.credentials import SCOPE_READ_METRICS, Caller
 from leadstage.funnels import Funnel
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
-from leadstage_api import cohorts, timing, transitions_report
+from leadstage_api import attribution, cohorts, timing, transitions_report
 from leadstage_api.analytics_schemas import (
+    AttributionReport,
     CohortReport,
     TimeInStageReport,
     TimeToConvertReport,
     TransitionsReport,
 )
+from leadstage_api.attribution import By, Model
 from leadstage_api.dependencies import Session, require_scope
 from leadstage_api.periods import Period, report_range
 from leadstage_api.router import check_funnel
@@ -214,4 +216,42 @@ async def get_transitions(
     leads_only(segmentation, "transitions")
     return await transitions_report.transitions(
         session, definition, span=span, period=period, state=state, segmentation=segmentation
+    )
+
+
+@router.get(
+    "/{funnel}/attribution",
+    summary="Credit for conversions to the touchpoints before them, per channel, campaign or type",
+    description="Conversions: units first reaching `stage` (counting skips) in [`from`, "
+    "`to`). Each one's credit (adding up to 1) is shared among the unit's touches at or "
+    "before it (an account's: all its contacts'), by `model`: `first_touch`, `last_touch`, "
+    "`linear` (1/n), `position_based` (40% first, 40% last, 20% over the middle; one touch "
+    "100%, two 50/50) or `time_decay` (weight 2^(-age/`half_life_days`), normalised). "
+    "`revenue` weights each conversion by the unit's won-deal amount (`properties.amount` "
+    "of deal_won and purchase touches)." + SEGMENT_NOTE,
+    responses=RESPONSES,
+)
+async def get_attribution(
+    request: Request,
+    session: Session,
+    _: Metrics,
+    funnel: FunnelName,
+    segmentation: Segments,
+    stage: Annotated[str, Query(max_length=100, description="The conversion stage.")],
+    range_from: From = None,
+    range_to: To = None,
+    model: Model = Model.POSITION_BASED,
+    half_life_days: Annotated[float, Query(gt=0, le=365)] = 7.0,
+    by: By = By.CHANNEL,
+) -> AttributionReport:
+    definition = active_funnel(request, funnel)
+    return await attribution.attribution(
+        session,
+        definition,
+        stage=funnel_stage(definition, stage, "stage"),
+        model=model,
+        half_life_days=half_life_days,
+        by=by,
+        span=report_range(range_from, range_to, now=datetime.now(UTC)),
+        segmentation=segmentation,
     )
