@@ -32,6 +32,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Query, status
 from sqlalchemy import CTE, ColumnElement, String, case, cast, literal, null, select
+from sqlalchemy.dialects.postgresql import distinct_on
 
 from leadstage.db.models import Account, LeadAccount, LeadStage, StoredTouchpoint
 from leadstage.events import Channel
@@ -219,7 +220,7 @@ def members(funnel: Funnel, segmentation: Segmentation) -> CTE:
                 touch.payload[("utm", "source")].astext.label("source"),
             )
             .join_from(base, touch, touch.lead_key == base.c.lead_key)
-            .distinct(base.c.unit_key)
+            .ext(distinct_on(base.c.unit_key))
             .order_by(base.c.unit_key, touch.occurred_at, touch.source, touch.event_id)
             .subquery("first_touch")
         )
