@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from leadstage.db.session import create_engine, create_session_factory, ping
 from leadstage.http import health_router, install_error_handlers
 from leadstage.settings import ApiSettings
+from leadstage_api import analytics_router
 from leadstage_api.dashboard import install_dashboard
 from leadstage_api.funnel_catalog import router as funnel_catalog_router
 from leadstage_api.router import router
@@ -36,6 +37,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(analytics_router.router)
     app.include_router(funnel_catalog_router)
     install_dashboard(app)
     app.include_router(health_router(lambda: {"database": lambda: ping(database)}))
