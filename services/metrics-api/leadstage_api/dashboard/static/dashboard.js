@@ -56,7 +56,7 @@ function note(id, text) {
 }
 
 function filters() {
-  const params = { from: $("from").value, to: $("to").value };
+  const params = { from: toIsoStart($("from").value), to: toIsoEnd($("to").value) };
   const dimension = $("breakdown").value;
   const segment = $("segment").value;
   if (dimension && segment) params[dimension] = segment;
@@ -95,8 +95,7 @@ const conversionLabels = {
 };
 
 async function loadFunnel(funnel) {
-  const params = { ...filters(), from: toIsoStart($("from").value), to: toIsoEnd($("to").value) };
-  const summary = await api(`/v1/funnels/${encodeURIComponent(funnel)}/summary`, params);
+  const summary = await api(`/v1/funnels/${encodeURIComponent(funnel)}/summary`, filters());
   note(
     "funnel-note",
     `${summary.leads} leads entered${summary.entered_from ? ` from ${summary.entered_from.slice(0, 10)}` : ""}` +
@@ -146,14 +145,15 @@ async function loadSegments(funnel) {
   select.replaceChildren(new Option("all", ""));
   if (!dimension) return;
   try {
+    const { from, to } = filters();
     const result = await api(`/v1/funnels/${encodeURIComponent(funnel)}/summary`, {
       breakdown: dimension,
-      from: toIsoStart($("from").value),
-      to: toIsoEnd($("to").value),
+      from,
+      to,
     });
-    for (const segment of result.segments ?? result.breakdown ?? []) {
-      const value = segment.value ?? segment.segment;
-      select.appendChild(new Option(`${value ?? "(unknown)"} (${segment.leads ?? ""})`, value ?? ""));
+    for (const segment of result.segments ?? []) {
+      if (segment.value === null) continue; // the unknown segment cannot be filtered on
+      select.appendChild(new Option(`${segment.value} (${segment.leads})`, segment.value));
     }
     select.value = chosen;
   } catch (error) {
@@ -208,30 +208,29 @@ async function loadCohorts(funnel) {
   try {
     const result = await api(`/v1/funnels/${encodeURIComponent(funnel)}/cohorts`, {
       ...filters(),
-      from: toIsoStart($("from").value),
-      to: toIsoEnd($("to").value),
       period: "week",
     });
     const cohorts = result.cohorts ?? [];
-    const stages = catalog.byName[funnel].stages.map((s) => s.name).slice(1);
+    // One line per stage: the share of each cohort that reached it (the report's trends).
+    const trends = (result.trends ?? []).slice(1);
     replaceChart("cohort-chart", {
       type: "line",
       data: {
-        labels: cohorts.map((c) => String(c.period_start ?? c.period).slice(0, 10)),
-        datasets: stages.map((stage, i) => ({
-          label: stage,
-          data: cohorts.map((c) => {
-            const found = (c.stages ?? []).find((s) => s.stage === stage);
-            const ratio = found?.cumulative_conversion;
-            return ratio?.value ?? ratio ?? null;
-          }),
+        labels: cohorts.map((c) => c.period_start.slice(0, 10)),
+        datasets: trends.map((trend, i) => ({
+          label: trend.stage,
+          data: trend.points.map((p) => (p.value === null ? null : p.value * 100)),
           borderColor: `hsl(${(i * 57) % 360} 60% 45%)`,
           spanGaps: true,
         })),
       },
       options: { maintainAspectRatio: false, animation: false, scales: { y: { min: 0 } } },
     });
-    note("cohort-note", `${cohorts.length} weekly cohorts; share of each cohort that reached a stage.`);
+    note(
+      "cohort-note",
+      `${cohorts.length} weekly cohorts; % of each cohort that reached a stage within ` +
+        `${result.follow_days} days.`,
+    );
   } catch (error) {
     note("cohort-note", `Cohorts unavailable: ${error.message}`);
   }
@@ -241,7 +240,7 @@ async function loadTimeInStage(funnel) {
   try {
     const result = await api(`/v1/funnels/${encodeURIComponent(funnel)}/time-in-stage`, filters());
     const stages = result.stages ?? [];
-    const days = (seconds) => (seconds === null || seconds === undefined ? null : seconds / 86400);
+    const days = (measure) => (measure?.value === null || measure?.value === undefined ? null : measure.value / 86400);
     replaceChart("time-chart", {
       type: "bar",
       data: {
@@ -253,7 +252,7 @@ async function loadTimeInStage(funnel) {
       },
       options: { maintainAspectRatio: false, animation: false },
     });
-    note("time-note", "Completed stays only.");
+    note("time-note", result.measures ?? "Completed stays only.");
   } catch (error) {
     note("time-note", `Time in stage unavailable: ${error.message}`);
   }
@@ -265,23 +264,23 @@ async function loadAttribution(funnel) {
   try {
     const result = await api(`/v1/funnels/${encodeURIComponent(funnel)}/attribution`, {
       ...filters(),
-      from: toIsoStart($("from").value),
-      to: toIsoEnd($("to").value),
       stage: $("attribution-stage").value,
       model: $("attribution-model").value,
       by: $("attribution-by").value,
     });
-    const rows = result.credits ?? result.rows ?? [];
-    const total = rows.reduce((sum, r) => sum + Number(r.credit), 0);
-    for (const row of rows) {
+    for (const row of result.credits ?? []) {
       const tr = document.createElement("tr");
-      tr.dataset.value = row.value ?? row.key;
-      cell(tr, String(row.value ?? row.key ?? "(none)"));
+      tr.dataset.value = row.value ?? "";
+      cell(tr, row.value ?? "(none)");
       cell(tr, Number(row.credit).toFixed(2)).dataset.field = "credit";
-      cell(tr, total ? percent(Number(row.credit) / total) : "n/a");
+      cell(tr, ratioText(row.share)).dataset.field = "share";
       tbody.appendChild(tr);
     }
-    note("attribution-note", `${result.conversions ?? total} conversions credited.`);
+    note(
+      "attribution-note",
+      `${result.conversions} conversions to ${result.stage} (${result.unattributed} with no ` +
+        `touch before them), ${result.model.replace("_", " ")} model.`,
+    );
   } catch (error) {
     note("attribution-note", `Attribution unavailable: ${error.message}`);
   }
