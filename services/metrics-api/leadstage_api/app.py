@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from leadstage.db.session import create_engine, create_session_factory, ping
-from leadstage.http import health_router, install_error_handlers
+from leadstage.http import RejectNulCharacters, health_router, install_error_handlers
 from leadstage.settings import ApiSettings
 from leadstage_api import analytics_router
 from leadstage_api.dashboard import install_dashboard
@@ -36,6 +36,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RejectNulCharacters)
     app.include_router(router)
     app.include_router(analytics_router.router)
     app.include_router(funnel_catalog_router)

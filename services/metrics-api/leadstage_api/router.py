@@ -78,8 +78,8 @@ async def find_leads(
     session: Session,
     _: Annotated[Caller, Depends(require_scope(SCOPE_READ_LEADS))],
     funnel: Annotated[str, Query(max_length=100)] = DEFAULT_FUNNEL,
-    email: Annotated[str | None, Query(max_length=320)] = None,
-    anonymous_id: Annotated[str | None, Query(max_length=255)] = None,
+    email: Annotated[str | None, Query(min_length=3, max_length=320)] = None,
+    anonymous_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
     stage: Annotated[str | None, Query(max_length=100)] = None,
     sales_ready: bool | None = None,
     cursor: Annotated[str | None, Query(max_length=262)] = None,
@@ -87,8 +87,11 @@ async def find_leads(
 ) -> LeadView | LeadPage:
     check_funnel(request, funnel)
     if email is not None or anonymous_id is not None:
-        kind, value = ("email", email.strip().lower()) if email else ("anonymous_id", anonymous_id)
-        assert value is not None  # noqa: S101 - one of the two is set
+        kind, value = (
+            ("email", email.strip().lower())
+            if email is not None
+            else ("anonymous_id", str(anonymous_id))
+        )
         canonical = await service.resolve_lead(session, kind, value)
         lead = canonical and await service.get_lead(
             session,
