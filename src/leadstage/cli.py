@@ -284,6 +284,13 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from leadstage.credentials import ALL_SCOPES
 
@@ -354,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     versions.add_argument("--funnel", required=True, help="e.g. b2b-six-stage")
     versions.add_argument("--version", type=int, help="a registered version (default: the file's)")
     versions.add_argument(
-        "--batch-leads", type=int, default=500, help="leads per transaction (default 500)"
+        "--batch-leads", type=_positive, default=500, help="leads per transaction (default 500)"
     )
     versions.set_defaults(handler=_replay)
 
