@@ -327,8 +327,9 @@ async def _abandon(sessions: SessionFactory, funnel: Funnel) -> None:
 
 async def _catch_up(session: AsyncSession, funnel: Funnel, limit: int) -> int:
     """Fold again up to ``limit`` leads the engine noted; return how many."""
-    # In lead order, like the engine notes them, and FOR UPDATE: a mark a batch in
-    # progress holds makes this wait until that batch's touchpoints are visible.
+    # FOR UPDATE: a mark that a batch in progress holds makes this wait until that
+    # batch's touchpoints are visible. In code point order (COLLATE "C"), the order
+    # the engine notes them in (Python's sorted), so the two never deadlock.
     leads = list(
         await session.scalars(
             select(ReplayChangedLead.lead_key)
@@ -336,7 +337,7 @@ async def _catch_up(session: AsyncSession, funnel: Funnel, limit: int) -> int:
                 ReplayChangedLead.funnel == funnel.name,
                 ReplayChangedLead.version == funnel.version,
             )
-            .order_by(ReplayChangedLead.lead_key)
+            .order_by(ReplayChangedLead.lead_key.collate("C"))
             .limit(limit)
             .with_for_update()
         )
