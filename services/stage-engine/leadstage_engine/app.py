@@ -2,7 +2,8 @@
 
 uvicorn serves ``/healthz`` and ``/readyz`` and owns the signals: SIGTERM
 ends the lifespan, which stops the loop between batches (the batch in
-progress commits first) and flushes the dead-letter producer.
+progress commits first) and flushes the dead-letter producer. SIGHUP reloads
+the funnel definition files (:mod:`leadstage_engine.reload`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from leadstage.settings import EngineSettings
 from leadstage.transport import create_publisher, create_source
 from leadstage_engine.consumer import StageEngine
 from leadstage_engine.outbox import relay_forever
+from leadstage_engine.reload import LiveFunnels
 from leadstage_engine.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
@@ -35,13 +37,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
         settings, sessions, topic=settings.touchpoints_topic, group=settings.consumer_group
     )
     publisher = create_publisher(settings, sessions)
-    engine = StageEngine(
-        settings,
-        sessions,
-        source,
-        dead_letters=publisher,
-        funnels=list(settings.active_funnels().values()),
-    )
+    funnels = LiveFunnels(settings, sessions)
+    engine = StageEngine(settings, sessions, source, dead_letters=publisher, funnels=funnels)
     relay_stopping = asyncio.Event()
     webhooks = WebhookDispatcher(
         sessions,
@@ -84,9 +81,15 @@ def create_app(settings: EngineSettings) -> FastAPI:
             relay_forever(sessions, publisher, settings.lead_stage_changed_topic, relay_stopping),
             name="outbox-relay",
         )
+        # SIGHUP re-reads the funnel files; a bad file is logged and changes nothing.
+        reload_task = asyncio.create_task(funnels.reload_on_request(), name="funnel-reload")
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, funnels.request_reload)
         try:
             yield
         finally:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            reload_task.cancel()
+            await asyncio.gather(reload_task, return_exceptions=True)
             # Checkpoint order: the last batch commits (state, outbox and offsets in one
             # transaction), the relay publishes what is committed, then the producer
             # is flushed and closed.

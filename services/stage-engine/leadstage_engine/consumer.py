@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import DataError, DBAPIError
 
 from leadstage.db.session import SessionFactory, unit_of_work
-from leadstage.funnels import Funnel
 from leadstage.settings import EngineSettings
 from leadstage.transport.base import (
     OutgoingRecord,
@@ -29,11 +28,11 @@ from leadstage.transport.base import (
 from leadstage_engine.processing import (
     BatchOutcome,
     Rejection,
-    apply_batch,
     load_offsets,
     next_offsets,
     store_offsets,
 )
+from leadstage_engine.reload import LiveFunnels, apply_with_live_funnels
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ class StageEngine:
         sessions: SessionFactory,
         source: RecordSource,
         dead_letters: Publisher,
-        funnels: Sequence[Funnel],
+        funnels: LiveFunnels,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -147,11 +146,12 @@ class StageEngine:
 
     async def process(self, records: Sequence[Record]) -> BatchOutcome:
         async with unit_of_work(self._sessions) as session:
-            outcome = await apply_batch(
+            # apply_batch with the registry's active versions (see reload.py).
+            outcome = await apply_with_live_funnels(
                 session,
                 records,
+                self._funnels,
                 consumer_group=self._settings.consumer_group,
-                funnels=self._funnels,
                 outbox_topic=self._settings.lead_stage_changed_topic,
             )
             if outcome.rejected:

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     Double,
     Index,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     func,
     text,
@@ -341,3 +343,114 @@ class WebhookDeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(String(1000))
     failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+# -- Funnel versions and replays (issue #4) ---------------------------------------
+
+
+class FunnelVersion(Base):
+    """One version of a funnel definition, as the engine first saw it.
+
+    ``(funnel, version)`` names one definition for good: a file that changes
+    without a version bump is refused, so ``lead_stages.funnel_version`` says which
+    definition (``fingerprint``) produced a state. ``status``: ``pending`` (known,
+    not running), ``replaying`` (``leadstage replay`` is recomputing every lead with
+    it), ``active`` (what the engine folds with; one per funnel), ``retired``.
+    ``replay_started_at`` is set while a replay runs (also of the active version):
+    the engine then notes the leads it changes for the replay to catch up.
+    """
+
+    __tablename__ = "funnel_versions"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    # The definition file's text: the version can run or be replayed after its file changed.
+    definition: Mapped[str] = mapped_column(Text)
+    source_file: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(20))
+    replay_started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    activated_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    retired_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'replaying', 'active', 'retired')", name="status"),
+        Index(
+            "ix_funnel_versions_one_active",
+            "funnel",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+
+class ReplayLeadStage(Base):
+    """A lead's state in a funnel version being replayed (shadow of ``lead_stages``)."""
+
+    __tablename__ = "replay_lead_stages"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    stage: Mapped[str | None] = mapped_column(String(100))
+    stage_entered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    sales_ready: Mapped[bool] = mapped_column(server_default=text("false"), default=False)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    first_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_event_source: Mapped[str | None] = mapped_column(String(255))
+    last_event_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class ReplayLeadTransition(Base):
+    """A stage change computed by a replay (shadow of ``lead_transitions``)."""
+
+    __tablename__ = "replay_lead_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    funnel: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    lead_key: Mapped[str] = mapped_column(String(262))
+    from_stage: Mapped[str | None] = mapped_column(String(100))
+    to_stage: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    rule: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_replay_lead_transitions_lead", "funnel", "version", "lead_key"),)
+
+
+class ReplayLeadScoreChange(Base):
+    """A score change computed by a replay (shadow of ``lead_score_changes``)."""
+
+    __tablename__ = "replay_lead_score_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    funnel: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    lead_key: Mapped[str] = mapped_column(String(262))
+    score: Mapped[str] = mapped_column(String(100))
+    delta: Mapped[float] = mapped_column(Double)
+    value: Mapped[float] = mapped_column(Double)
+    rule: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_replay_lead_score_changes_lead", "funnel", "version", "lead_key"),)
+
+
+class ReplayChangedLead(Base):
+    """A lead the live engine changed while a replay ran: the replay folds it again."""
+
+    __tablename__ = "replay_changed_leads"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    marked_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
