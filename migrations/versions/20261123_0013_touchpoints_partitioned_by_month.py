@@ -1,7 +1,7 @@
 """touchpoints partitioned by month of occurred_at
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0012
 Create Date: 2026-11-23 04:10:00
 
 The table becomes ``PARTITION BY RANGE (occurred_at)`` with one partition per calendar
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | None = "0008"
+down_revision: str | None = "0012"
 COLUMNS = (
     "source, event_id, lead_key, type, occurred_at, received_at, payload, topic, "
     'partition, "offset"'
