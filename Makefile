@@ -61,8 +61,20 @@ lint: install ## ruff (lint and format check) and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+.PHONY: browser
+browser: ## Install Debian's Chromium for the dashboard's browser test (idempotent)
+	deploy/local/browser.sh
+
+.PHONY: assets
+assets: ## Re-vendor the dashboard's browser libraries from the npm registry
+	cd services/metrics-api/web && npm ci --no-audit --no-fund
+	cp services/metrics-api/web/node_modules/chart.js/dist/chart.umd.min.js \
+	   services/metrics-api/leadstage_api/dashboard/static/vendor/
+	cp services/metrics-api/web/node_modules/chart.js/LICENSE.md \
+	   services/metrics-api/leadstage_api/dashboard/static/vendor/chart.js.LICENSE.md
+
 .PHONY: test
-test: lint services-up ## Lint, start the real services, run unit, integration and e2e tests
+test: lint services-up browser ## Lint, start the real services, run unit, integration and e2e tests
 	$(BIN)/pytest tests/unit tests/integration tests/e2e
 
 .PHONY: bench

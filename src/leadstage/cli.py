@@ -5,6 +5,7 @@ leadstage migrate                    alembic upgrade head
 leadstage topics                     create the topics (idempotent)
 leadstage keys create|list|revoke    write keys for sources
 leadstage tokens create|list|revoke  API tokens for the metrics API
+leadstage replay --funnel NAME       recompute a funnel's states with a version, switch over
 leadstage services up|down|status    local PostgreSQL and Kafka (development)
 leadstage run                        everything, embedded (what `make run` does)
 """
@@ -38,9 +39,12 @@ def _serve(role: str) -> int:
         app = create_ingest(ingest)
     elif role == "engine":
         from leadstage_engine.app import create_app as create_engine_app
+        from leadstage_engine.reload import register_at_start
 
         settings = engine = EngineSettings()
         configure_logging(settings.log_level, settings.log_format, service=role)
+        # Refuses (exit 2) a file changed without a version bump, before serving.
+        asyncio.run(register_at_start(engine))
         app = create_engine_app(engine)
     else:
         from leadstage_api.app import create_app as create_api
@@ -210,6 +214,52 @@ def _webhooks(args: argparse.Namespace) -> int:
     return _with_database(action)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from leadstage.db.session import create_engine
+    from leadstage.logs import configure_logging
+    from leadstage.progress import ProgressBar
+    from leadstage_engine.replay import ReplayRefusedError, ReplayRunningError, replay_funnel
+
+    settings = ServiceSettings()
+    configure_logging("WARNING", settings.log_format, service="replay")
+    bar = ProgressBar(sys.stderr)
+
+    async def main() -> Any:
+        database = create_engine(settings, application_name="leadstage-replay")
+        try:
+            return await replay_funnel(
+                database,
+                settings,
+                args.funnel,
+                args.version,
+                batch_leads=args.batch_leads,
+                on_progress=bar.update,
+            )
+        finally:
+            await database.dispose()
+
+    try:
+        report = asyncio.run(main())
+    except ReplayRefusedError as error:
+        sys.stderr.write(f"leadstage replay: {error}\n")
+        return 2
+    except ReplayRunningError as error:
+        sys.stderr.write(f"leadstage replay: {error}\n")
+        return 1
+    finally:
+        bar.close()
+    previous = report.previous_version
+    _print(
+        f"funnel {report.funnel} version {report.version} is active "
+        f"(was {previous if previous is not None else 'none'}): {report.leads} leads replayed, "
+        f"{report.caught_up} caught up after live changes, {report.active_leads} leads now; "
+        f"{report.seconds:.1f}s, switch-over {report.switch_seconds:.2f}s"
+    )
+    if report.skipped_rules:
+        _print(f"{report.skipped_rules} rule evaluations skipped on malformed properties")
+    return 0
+
+
 def _services(args: argparse.Namespace) -> int:
     from leadstage.local import services
 
@@ -232,6 +282,13 @@ def _run(args: argparse.Namespace) -> int:
         engine_port=args.engine_port,
         database=args.database,
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--funnel", action="append", default=[])
     hook_commands.add_parser("list")
     hook_commands.add_parser("remove").add_argument("id", type=int)
+
+    versions = commands.add_parser(
+        "replay",
+        help="recompute a funnel's lead states with one version, then switch over",
+        description="Recompute every lead's state in FUNNEL with VERSION (default: the version "
+        "its file defines) from the stored touchpoints, while the engine keeps processing with "
+        "the active version; then catch up and make VERSION the active one. Exit 2: unknown "
+        "funnel or version; 1: a replay of the funnel is already running.",
+    )
+    versions.add_argument("--funnel", required=True, help="e.g. b2b-six-stage")
+    versions.add_argument("--version", type=int, help="a registered version (default: the file's)")
+    versions.add_argument(
+        "--batch-leads", type=_positive, default=500, help="leads per transaction (default 500)"
+    )
+    versions.set_defaults(handler=_replay)
 
     services = commands.add_parser("services", help="local PostgreSQL and Kafka")
     services.set_defaults(handler=_services)

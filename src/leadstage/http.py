@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -235,3 +236,31 @@ class BodySizeLimitMiddleware:
             )
         )
         await response(scope, receive, send)
+
+
+class RejectNulCharacters:
+    """Refuses a request whose path or query string holds a NUL character (422).
+
+    PostgreSQL text cannot store or compare ``\\x00``: passed on, such a parameter would
+    fail inside the database as a server error instead of a client error naming it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = unquote_to_bytes(scope.get("query_string", b""))
+            where = "query" if b"\x00" in query else "path" if "\x00" in scope["path"] else None
+            if where is not None:
+                response = error_response(
+                    ApiError(
+                        status.HTTP_422_UNPROCESSABLE_CONTENT,
+                        "schema_violation",
+                        "The request is invalid.",
+                        details=[ErrorDetail(field=where, reason="NUL characters are not allowed")],
+                    )
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -116,3 +116,35 @@ def stack(request: pytest.FixtureRequest, environment: Environment) -> Iterator[
     finally:
         for service in reversed(services):
             service.stop()
+
+
+@dataclass
+class MetricsApi:
+    """A metrics API process of its own, with a metrics:read token."""
+
+    url: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="session")
+def analytics_api(environment: Environment) -> Iterator[MetricsApi]:
+    """The metrics API with b2b-six-stage and decision-journey (regressions and loops)
+    active, on the embedded transport; analytics tests feed the engine's apply_batch."""
+    env = {
+        **environment.variables("postgres"),
+        "LEADSTAGE_FUNNELS": '["b2b-six-stage", "decision-journey"]',
+    }
+    token = last_line(
+        leadstage_cli(
+            "tokens", "create", "--name", "analytics", "--scopes", "metrics:read", env=env
+        )
+    )
+    api = start_service("api", env, "analytics")
+    try:
+        yield MetricsApi(api.url, token)
+    finally:
+        api.stop()

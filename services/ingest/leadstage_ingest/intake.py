@@ -30,6 +30,7 @@ from leadstage_ingest.validation import (
     Rejected,
     check_structure,
     check_time,
+    may_contain_nul,
     parse_json,
     to_touchpoint,
 )
@@ -74,6 +75,7 @@ def native_candidate(
     limits: Limits,
     *,
     size_known_below: int | None = None,
+    check_nul: bool = True,
 ) -> Candidate:
     try:
         touchpoint = to_touchpoint(
@@ -82,6 +84,7 @@ def native_candidate(
             received_at=received_at,
             limits=limits,
             size_known_below=size_known_below,
+            check_nul=check_nul,
         )
     except Rejected as rejection:
         return Candidate(raw=raw, rejection=rejection)
@@ -98,7 +101,12 @@ async def single_event(intake: Intake, body: bytes, source: Source) -> EventResu
         )
         raise _error(rejection) from rejection
     candidate = native_candidate(
-        raw, source.name, received_at, intake.limits, size_known_below=len(body)
+        raw,
+        source.name,
+        received_at,
+        intake.limits,
+        size_known_below=len(body),
+        check_nul=may_contain_nul(body),
     )
     [outcome] = await intake.accept([candidate], source.name, intake="http")
     if candidate.rejection is not None:
@@ -146,11 +154,19 @@ def batch_result(outcomes: Sequence[EventOutcome]) -> BatchResult:
 
 
 async def native_batch(
-    intake: Intake, events: Sequence[Any], source: Source, *, body_size: int
+    intake: Intake, events: Sequence[Any], source: Source, *, body: bytes
 ) -> BatchResult:
     received_at = datetime.now(UTC)
+    check_nul = may_contain_nul(body)
     candidates = [
-        native_candidate(e, source.name, received_at, intake.limits, size_known_below=body_size)
+        native_candidate(
+            e,
+            source.name,
+            received_at,
+            intake.limits,
+            size_known_below=len(body),
+            check_nul=check_nul,
+        )
         for e in events
     ]
     return batch_result(await intake.accept(candidates, source.name, intake="http"))

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,13 +33,13 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from sqlalchemy import delete, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.credentials import Source, find_write_key
-from leadstage.db.models import IngestDedup, table
+from leadstage.db.models import IngestDedup
 from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.events import Account as AccountIn
 from leadstage.events import Touchpoint
 from leadstage.http import ApiError, ErrorDetail
 from leadstage.settings import IngestSettings
@@ -374,8 +375,8 @@ class Intake:
                 outcomes[i] = outcome
 
         final = [o for o in outcomes if o is not None]
-        for outcome in final:
-            metrics.EVENTS.labels(source, intake, outcome.status).inc()
+        for status_name, count in Counter(o.status for o in final).items():
+            metrics.EVENTS.labels(source, intake, status_name).inc(count)
         return final
 
     async def _accept_valid(
@@ -406,15 +407,8 @@ class Intake:
                 aliases = [Alias(tp.event_id, c.previous_id) for _, c, tp in fresh if c.previous_id]
                 leads = await resolve_leads(session, touchpoints, aliases)
                 accounts = await attach_accounts(session, touchpoints, leads)
-                # Both values were validated already: construct without validating again.
                 resolved = [
-                    Touchpoint.model_construct(
-                        **{
-                            **tp.__dict__,
-                            "resolved_lead_id": leads[tp.event_id],
-                            "account": accounts.get(tp.event_id, tp.account),
-                        }
-                    )
+                    _resolved(tp, leads[tp.event_id], accounts.get(tp.event_id, tp.account))
                     for tp in touchpoints
                 ]
                 started = time.perf_counter()
@@ -448,6 +442,16 @@ class Intake:
             raise unavailable from error
 
 
+def _resolved(touchpoint: Touchpoint, lead: str, account: AccountIn | None) -> Touchpoint:
+    """The touchpoint as forwarded: stamped with its canonical lead and account."""
+    if lead == touchpoint.lead_key and account is touchpoint.account:
+        # Resolution changed nothing (the common case): the record already says it all,
+        # since the canonical lead is the event's own lead id (or provisional key).
+        return touchpoint
+    # Both values were validated already: copy without validating again.
+    return touchpoint.model_copy(update={"resolved_lead_id": lead, "account": account})
+
+
 async def claim_event_ids(
     session: AsyncSession, touchpoints: Sequence[Touchpoint]
 ) -> set[tuple[str, str]]:
@@ -458,17 +462,25 @@ async def claim_event_ids(
     if this one rolled back, claims it itself).
     """
     # Sorted: concurrent groups then wait on each other's rows in one order, not in a cycle.
-    rows = {
-        key: {"source": key[0], "event_id": key[1]}
-        for key in sorted({(tp.source, tp.event_id) for tp in touchpoints})
-    }
+    # Two array parameters instead of one bound row per event: asyncpg encodes the
+    # arrays in C, where an executemany spends ~20 us per row in Python.
+    keys = sorted({(tp.source, tp.event_id) for tp in touchpoints})
     claimed = await session.execute(
-        insert(table(IngestDedup))
-        .on_conflict_do_nothing(index_elements=["source", "event_id"])
-        .returning(IngestDedup.source, IngestDedup.event_id),
-        list(rows.values()),
+        _CLAIM,
+        {
+            "sources": [source for source, _ in keys],
+            "event_ids": [event_id for _, event_id in keys],
+        },
     )
     return {(source, event_id) for source, event_id in claimed}
+
+
+_CLAIM = text(
+    "INSERT INTO ingest_dedup (source, event_id) "
+    "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:event_ids AS text[])) "
+    "ON CONFLICT (source, event_id) DO NOTHING "
+    "RETURNING source, event_id"
+)
 
 
 async def prune_dedup(session: AsyncSession, *, older_than: timedelta) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from leadstage.events import Touchpoint, TouchpointIn
@@ -48,14 +49,31 @@ class Limits:
 
 
 def parse_json(raw: bytes) -> Any:
+    # orjson: several times faster than the standard library, and stricter where
+    # PostgreSQL is (no lone surrogates, no NaN or Infinity).
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
         raise Rejected(ErrorKind.JSON_INVALID, None, str(error)) from error
 
 
-def check_structure(value: object, limits: Limits, path: str = "") -> None:
-    """Depth, key count and NUL characters (PostgreSQL's JSONB refuses \\u0000)."""
+def may_contain_nul(raw: bytes) -> bool:
+    """Whether parsed JSON from ``raw`` can hold a NUL character anywhere.
+
+    JSON cannot carry a raw NUL inside a string, only the escape ``\\u0000``, so a
+    body without that escape needs no NUL check on any of its strings.
+    """
+    return b"\\u0000" in raw or b"\x00" in raw
+
+
+def check_structure(
+    value: object, limits: Limits, path: str = "", *, check_nul: bool = True
+) -> None:
+    """Depth, key count and NUL characters (PostgreSQL's JSONB refuses \\u0000).
+
+    ``check_nul=False`` when the raw bytes showed there can be none (see
+    ``may_contain_nul``): then scalar values need no look at all, which is most of them.
+    """
     counted = 0
 
     def walk(node: object, where: str, depth: int) -> None:
@@ -67,31 +85,33 @@ def check_structure(value: object, limits: Limits, path: str = "") -> None:
                 f"nested deeper than {limits.max_depth} levels",
             )
         if isinstance(node, str):
-            if "\x00" in node:
+            if check_nul and "\x00" in node:
                 raise Rejected(
                     ErrorKind.SCHEMA_VIOLATION,
                     where or None,
                     "strings may not contain NUL characters",
                 )
         elif isinstance(node, Mapping):
+            counted += len(node)
+            if counted > limits.max_properties:
+                raise Rejected(
+                    ErrorKind.LIMIT_EXCEEDED,
+                    where or None,
+                    f"more than {limits.max_properties} fields",
+                )
             for key, child in node.items():
-                counted += 1
-                if counted > limits.max_properties:
-                    raise Rejected(
-                        ErrorKind.LIMIT_EXCEEDED,
-                        where or None,
-                        f"more than {limits.max_properties} fields",
-                    )
-                if "\x00" in str(key):
+                if check_nul and "\x00" in str(key):
                     raise Rejected(
                         ErrorKind.SCHEMA_VIOLATION,
                         where or None,
                         "field names may not contain NUL characters",
                     )
-                walk(child, f"{where}.{key}" if where else str(key), depth + 1)
+                if check_nul or isinstance(child, Mapping | list):
+                    walk(child, f"{where}.{key}" if where else str(key), depth + 1)
         elif isinstance(node, list):
             for i, child in enumerate(node):
-                walk(child, f"{where}.{i}" if where else str(i), depth + 1)
+                if check_nul or isinstance(child, Mapping | list):
+                    walk(child, f"{where}.{i}" if where else str(i), depth + 1)
 
     walk(value, path, 0)
 
@@ -107,6 +127,7 @@ def to_touchpoint(
     received_at: datetime,
     limits: Limits,
     size_known_below: int | None = None,
+    check_nul: bool = True,
 ) -> Touchpoint:
     """Validate one event in schema v1 and stamp it with its source and arrival time.
 
@@ -123,7 +144,7 @@ def to_touchpoint(
                 None,
                 f"the event is {size} bytes; the limit is {limits.max_event_bytes}",
             )
-    check_structure(event, limits)
+    check_structure(event, limits, check_nul=check_nul)
     if stamped := _STAMPED & event.keys():
         field = sorted(stamped)[0]
         raise Rejected(ErrorKind.SCHEMA_VIOLATION, field, "Extra inputs are not permitted")

@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from leadstage.db.session import create_engine, create_session_factory, ping
-from leadstage.http import health_router, install_error_handlers
+from leadstage.http import RejectNulCharacters, health_router, install_error_handlers
 from leadstage.settings import ApiSettings
-from leadstage_api import accounts
+from leadstage_api import accounts, analytics_router
+from leadstage_api.dashboard import install_dashboard
+from leadstage_api.funnel_catalog import router as funnel_catalog_router
 from leadstage_api.router import router
 
 
@@ -34,7 +36,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RejectNulCharacters)
     app.include_router(router)
     app.include_router(accounts.router)
+    app.include_router(analytics_router.router)
+    app.include_router(funnel_catalog_router)
+    install_dashboard(app)
     app.include_router(health_router(lambda: {"database": lambda: ping(database)}))
     return app

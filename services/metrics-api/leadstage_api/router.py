@@ -12,7 +12,11 @@ from leadstage.funnels import DEFAULT_FUNNEL
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
 from leadstage_api import funnel_metrics, service
 from leadstage_api.dependencies import Session, require_scope
+from leadstage_api.periods import check_span
 from leadstage_api.schemas import FunnelSummary, LeadPage, LeadView
+from leadstage_api.segments import Segmentation, segmentation_params
+
+DEFAULT_SEGMENTATION = Segmentation()
 
 router = APIRouter(prefix="/v1", tags=["leads"])
 
@@ -74,8 +78,8 @@ async def find_leads(
     session: Session,
     _: Annotated[Caller, Depends(require_scope(SCOPE_READ_LEADS))],
     funnel: Annotated[str, Query(max_length=100)] = DEFAULT_FUNNEL,
-    email: Annotated[str | None, Query(max_length=320)] = None,
-    anonymous_id: Annotated[str | None, Query(max_length=255)] = None,
+    email: Annotated[str | None, Query(min_length=3, max_length=320)] = None,
+    anonymous_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
     stage: Annotated[str | None, Query(max_length=100)] = None,
     sales_ready: bool | None = None,
     cursor: Annotated[str | None, Query(max_length=262)] = None,
@@ -83,8 +87,11 @@ async def find_leads(
 ) -> LeadView | LeadPage:
     check_funnel(request, funnel)
     if email is not None or anonymous_id is not None:
-        kind, value = ("email", email.strip().lower()) if email else ("anonymous_id", anonymous_id)
-        assert value is not None  # noqa: S101 - one of the two is set
+        kind, value = (
+            ("email", email.strip().lower())
+            if email is not None
+            else ("anonymous_id", str(anonymous_id))
+        )
         canonical = await service.resolve_lead(session, kind, value)
         lead = canonical and await service.get_lead(
             session,
@@ -115,7 +122,10 @@ async def find_leads(
     summary="Per stage: current, reached, conversion, drop-off (in progress vs dropped)",
     description="Over the leads that entered the funnel in [`from`, `to`). A lead that "
     "skipped stages counts as having reached them. Rates with nothing to divide by are "
-    "null with a reason.",
+    "null with a reason. Segment filters (`industry`, `size_band`, `country`, `tier`: the "
+    "account's; `channel`, `campaign`, `source`: the first touch's), `breakdown=<dimension>` "
+    "for the figures per segment value, and `unit=account` to count accounts (furthest "
+    "contact) as in the analytics reports.",
     responses={
         **ERROR_RESPONSES,
         403: {"model": ErrorEnvelope, "description": "The token lacks the metrics:read scope."},
@@ -130,6 +140,7 @@ async def funnel_summary(
     entered_from: Annotated[datetime | None, Query(alias="from")] = None,
     entered_to: Annotated[datetime | None, Query(alias="to")] = None,
     window_days: Annotated[int, Query(ge=1, le=365)] = 30,
+    segmentation: Annotated[Segmentation, Depends(segmentation_params)] = DEFAULT_SEGMENTATION,
 ) -> FunnelSummary:
     check_funnel(request, funnel)
     for name, value in (("from", entered_from), ("to", entered_to)):
@@ -147,6 +158,8 @@ async def funnel_summary(
             "Empty date range.",
             details=[ErrorDetail(field="to", reason="must be after from")],
         )
+    if entered_from and entered_to:
+        check_span(entered_from, entered_to)  # the analytics reports' two-year cap
     return await funnel_metrics.summary(
         session,
         request.app.state.funnels[funnel],
@@ -154,4 +167,5 @@ async def funnel_summary(
         entered_to=entered_to,
         as_of=entered_to or datetime.now(UTC),
         window=timedelta(days=window_days),
+        segmentation=segmentation,
     )

@@ -39,6 +39,15 @@ class StageSummary(BaseModel):
     dropped: int = Field(description="Of the drop-off: exited, or no touch within the window.")
 
 
+class SegmentSummary(BaseModel):
+    """The summary figures of one value of the breakdown dimension."""
+
+    value: str | None = Field(description="The segment's value; null: not known for these.")
+    leads: int = Field(description="Units (leads or accounts) of this segment.")
+    exits: dict[str, int]
+    stages: list[StageSummary]
+
+
 class FunnelSummary(BaseModel):
     funnel: str
     funnel_version: int
@@ -46,9 +55,23 @@ class FunnelSummary(BaseModel):
     entered_to: datetime | None
     as_of: datetime
     conversion_window_days: int
-    leads: int = Field(description="Leads that entered the funnel in the period.")
-    exits: dict[str, int] = Field(description="Leads now in each exit state.")
+    leads: int = Field(
+        description="Units (leads, or accounts with unit=account) that entered the funnel "
+        "in the period."
+    )
+    exits: dict[str, int] = Field(description="Units now in each exit state.")
     stages: list[StageSummary]
+    unit: str = Field(default="lead", description="lead or account.")
+    filters: dict[str, list[str]] = Field(
+        default_factory=dict, description="The segment filters applied."
+    )
+    breakdown: str | None = Field(default=None, description="The breakdown dimension.")
+    segments: list[SegmentSummary] | None = Field(
+        default=None, description="Per value of the breakdown dimension; null without one."
+    )
+    segments_omitted: int = Field(
+        default=0, description="Segment values left out beyond the first 100 (by value)."
+    )
 
 
 class StageTime(BaseModel):

@@ -2,7 +2,8 @@
 
 uvicorn serves ``/healthz`` and ``/readyz`` and owns the signals: SIGTERM
 ends the lifespan, which stops the loop between batches (the batch in
-progress commits first) and flushes the dead-letter producer.
+progress commits first) and flushes the dead-letter producer. SIGHUP reloads
+the funnel definition files (:mod:`leadstage_engine.reload`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from leadstage.db.partitions import maintain_touchpoint_partitions
 from leadstage.db.session import create_engine, create_session_factory, ping
 from leadstage.http import health_router, install_error_handlers
 from leadstage.settings import EngineSettings
 from leadstage.transport import create_publisher, create_source
 from leadstage_engine.consumer import StageEngine
 from leadstage_engine.outbox import relay_forever
+from leadstage_engine.reload import LiveFunnels
 from leadstage_engine.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
@@ -34,13 +37,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
         settings, sessions, topic=settings.touchpoints_topic, group=settings.consumer_group
     )
     publisher = create_publisher(settings, sessions)
-    engine = StageEngine(
-        settings,
-        sessions,
-        source,
-        dead_letters=publisher,
-        funnels=list(settings.active_funnels().values()),
-    )
+    funnels = LiveFunnels(settings, sessions)
+    engine = StageEngine(settings, sessions, source, dead_letters=publisher, funnels=funnels)
     relay_stopping = asyncio.Event()
     webhooks = WebhookDispatcher(
         sessions,
@@ -63,6 +61,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
             # which resumes from the offsets stored in PostgreSQL.
             os.kill(os.getpid(), signal.SIGTERM)
 
+    partitions_stopping = asyncio.Event()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
@@ -73,6 +73,10 @@ def create_app(settings: EngineSettings) -> FastAPI:
             if settings.webhooks_enabled
             else None
         )
+        partitions_task = asyncio.create_task(
+            maintain_touchpoint_partitions(sessions, partitions_stopping),
+            name="touchpoint-partitions",
+        )
         relay_tasks = [
             asyncio.create_task(
                 relay_forever(sessions, publisher, topic, relay_stopping),
@@ -80,9 +84,15 @@ def create_app(settings: EngineSettings) -> FastAPI:
             )
             for topic in (settings.lead_stage_changed_topic, settings.account_stage_changed_topic)
         ]
+        # SIGHUP re-reads the funnel files; a bad file is logged and changes nothing.
+        reload_task = asyncio.create_task(funnels.reload_on_request(), name="funnel-reload")
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, funnels.request_reload)
         try:
             yield
         finally:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            reload_task.cancel()
+            await asyncio.gather(reload_task, return_exceptions=True)
             # Checkpoint order: the last batch commits (state, outbox and offsets in one
             # transaction), the relay publishes what is committed, then the producer
             # is flushed and closed.
@@ -104,6 +114,8 @@ def create_app(settings: EngineSettings) -> FastAPI:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(webhook_task, return_exceptions=True)
+            partitions_stopping.set()
+            await asyncio.gather(partitions_task, return_exceptions=True)
             await publisher.stop()
             await database.dispose()
 

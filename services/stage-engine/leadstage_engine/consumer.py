@@ -18,7 +18,6 @@ from datetime import datetime
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
 from leadstage.db.session import SessionFactory, unit_of_work
-from leadstage.funnels import Funnel
 from leadstage.settings import EngineSettings
 from leadstage.transport.base import (
     OutgoingRecord,
@@ -32,12 +31,12 @@ from leadstage_engine.accounts import sweep_memberships
 from leadstage_engine.processing import (
     BatchOutcome,
     Rejection,
-    apply_batch,
     load_offsets,
     next_offsets,
     store_offsets,
     sweep_merges,
 )
+from leadstage_engine.reload import LiveFunnels, apply_with_live_funnels
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class StageEngine:
         sessions: SessionFactory,
         source: RecordSource,
         dead_letters: Publisher,
-        funnels: Sequence[Funnel],
+        funnels: LiveFunnels,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -158,10 +157,11 @@ class StageEngine:
         failure is logged and the sweep tried again later."""
         self._next_sweep = time.monotonic() + self._settings.sweep_seconds
         try:
+            # The registry's active versions, as a batch would fold with (reload.py).
             async with unit_of_work(self._sessions) as session:
                 _, self._merges_since = await sweep_merges(
                     session,
-                    self._funnels,
+                    (await self._funnels.begin_batch(session)).funnels,
                     outbox_topic=self._settings.lead_stage_changed_topic,
                     account_topic=self._settings.account_stage_changed_topic,
                     since=self._merges_since,
@@ -169,7 +169,7 @@ class StageEngine:
             async with unit_of_work(self._sessions) as session:
                 _, self._links_since = await sweep_memberships(
                     session,
-                    self._funnels,
+                    (await self._funnels.begin_batch(session)).funnels,
                     self._settings.account_stage_changed_topic,
                     since=self._links_since,
                 )
@@ -182,11 +182,12 @@ class StageEngine:
 
     async def process(self, records: Sequence[Record]) -> BatchOutcome:
         async with unit_of_work(self._sessions) as session:
-            outcome = await apply_batch(
+            # apply_batch with the registry's active versions (see reload.py).
+            outcome = await apply_with_live_funnels(
                 session,
                 records,
+                self._funnels,
                 consumer_group=self._settings.consumer_group,
-                funnels=self._funnels,
                 outbox_topic=self._settings.lead_stage_changed_topic,
                 account_topic=self._settings.account_stage_changed_topic,
             )

@@ -130,7 +130,9 @@ async def _store_touchpoints(
 ) -> list[tuple[Touchpoint, Mapping[str, Any]]]:
     """Insert the touchpoints; return those not stored before, in arrival order.
 
-    The primary key on (source, event_id) makes a redelivered or re-sent event a no-op.
+    The primary key on (source, event_id, occurred_at) makes a redelivered or re-sent
+    event a no-op (occurred_at is part of the record, and in the key because the table
+    is partitioned by it).
     """
     if not parsed:
         return []
@@ -155,7 +157,7 @@ async def _store_touchpoints(
     # which compiles once instead of a statement per batch size.
     inserted = await session.execute(
         insert(StoredTouchpoint)
-        .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        .on_conflict_do_nothing(index_elements=["source", "event_id", "occurred_at"])
         .returning(StoredTouchpoint.source, StoredTouchpoint.event_id),
         list(rows.values()),
     )

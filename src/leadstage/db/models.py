@@ -11,15 +11,16 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     Double,
-    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     func,
     text,
@@ -79,7 +80,8 @@ class ApiToken(Base):
 
 
 class StoredTouchpoint(Base):
-    """Every touchpoint the engine consumed, once (the primary key deduplicates).
+    """Every touchpoint the engine consumed, once (the primary key deduplicates),
+    partitioned by month of ``occurred_at``.
 
     Event ids are unique per source: two sources may both number their events
     1, 2, 3 without one suppressing the other's.
@@ -91,15 +93,23 @@ class StoredTouchpoint(Base):
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     lead_key: Mapped[str] = mapped_column(String(262))
     type: Mapped[str] = mapped_column(String(120))
-    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    # In the key because the table is partitioned by it (PostgreSQL requires the
+    # partition key in every unique constraint). A record's occurred_at never changes
+    # once ingest stamped it, so (source, event_id) still deduplicates redeliveries.
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
     received_at: Mapped[datetime] = mapped_column(Timestamp)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     topic: Mapped[str] = mapped_column(String(249))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
 
-    # A lead's history in event time: refolds and counted-window rules read it.
-    __table_args__ = (Index("ix_touchpoints_lead_time", "lead_key", "occurred_at"),)
+    __table_args__ = (
+        # A lead's history in event time: refolds and counted-window rules read it.
+        Index("ix_touchpoints_lead_time", "lead_key", "occurred_at"),
+        # One partition per UTC month (migration 0013, ensure_touchpoint_partitions):
+        # queries over a period read only its months, and old months can be detached.
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
+    )
 
 
 class LeadStage(Base):
@@ -148,12 +158,9 @@ class LeadTransition(Base):
     __table_args__ = (
         # One event moves a lead at most once per funnel: a redelivered event
         # can never add a second transition.
+        # No foreign key to touchpoints (migration 0013): it would block detaching
+        # old months' partitions; the engine writes both in one transaction.
         UniqueConstraint("funnel", "source", "event_id"),
-        ForeignKeyConstraint(
-            ["source", "event_id"],
-            ["touchpoints.source", "touchpoints.event_id"],
-            ondelete="CASCADE",
-        ),
         Index("ix_lead_transitions_lead", "funnel", "lead_key", "occurred_at", "id"),
     )
 
@@ -419,3 +426,114 @@ class WebhookDeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(String(1000))
     failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+# -- Funnel versions and replays (issue #4) ---------------------------------------
+
+
+class FunnelVersion(Base):
+    """One version of a funnel definition, as the engine first saw it.
+
+    ``(funnel, version)`` names one definition for good: a file that changes
+    without a version bump is refused, so ``lead_stages.funnel_version`` says which
+    definition (``fingerprint``) produced a state. ``status``: ``pending`` (known,
+    not running), ``replaying`` (``leadstage replay`` is recomputing every lead with
+    it), ``active`` (what the engine folds with; one per funnel), ``retired``.
+    ``replay_started_at`` is set while a replay runs (also of the active version):
+    the engine then notes the leads it changes for the replay to catch up.
+    """
+
+    __tablename__ = "funnel_versions"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    # The definition file's text: the version can run or be replayed after its file changed.
+    definition: Mapped[str] = mapped_column(Text)
+    source_file: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(20))
+    replay_started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    activated_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    retired_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'replaying', 'active', 'retired')", name="status"),
+        Index(
+            "ix_funnel_versions_one_active",
+            "funnel",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+
+class ReplayLeadStage(Base):
+    """A lead's state in a funnel version being replayed (shadow of ``lead_stages``)."""
+
+    __tablename__ = "replay_lead_stages"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    stage: Mapped[str | None] = mapped_column(String(100))
+    stage_entered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    sales_ready: Mapped[bool] = mapped_column(server_default=text("false"), default=False)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    first_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_event_source: Mapped[str | None] = mapped_column(String(255))
+    last_event_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class ReplayLeadTransition(Base):
+    """A stage change computed by a replay (shadow of ``lead_transitions``)."""
+
+    __tablename__ = "replay_lead_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    funnel: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    lead_key: Mapped[str] = mapped_column(String(262))
+    from_stage: Mapped[str | None] = mapped_column(String(100))
+    to_stage: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    rule: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_replay_lead_transitions_lead", "funnel", "version", "lead_key"),)
+
+
+class ReplayLeadScoreChange(Base):
+    """A score change computed by a replay (shadow of ``lead_score_changes``)."""
+
+    __tablename__ = "replay_lead_score_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    funnel: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    lead_key: Mapped[str] = mapped_column(String(262))
+    score: Mapped[str] = mapped_column(String(100))
+    delta: Mapped[float] = mapped_column(Double)
+    value: Mapped[float] = mapped_column(Double)
+    rule: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_replay_lead_score_changes_lead", "funnel", "version", "lead_key"),)
+
+
+class ReplayChangedLead(Base):
+    """A lead the live engine changed while a replay ran: the replay folds it again."""
+
+    __tablename__ = "replay_changed_leads"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    marked_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

@@ -11,7 +11,8 @@ Funnels ship as presets (``presets/*.yaml`` in this package, :func:`load_presets
 :func:`load_funnels` adds the ``*.yaml`` files of a directory, a file with a
 preset's name replacing the preset. :attr:`Funnel.fingerprint` hashes the
 definition: store it with ``(name, version)`` and refuse a changed fingerprint
-under an unchanged version.
+under an unchanged version (the stage engine's version registry does).
+:attr:`Funnel.source` keeps the file, its text and the line of ``version``.
 
 Definition file format (one funnel per file)
 --------------------------------------------
@@ -102,7 +103,7 @@ count from 0).
 
 from __future__ import annotations
 
-from leadstage.funnels._engine import Funnel
+from leadstage.funnels._engine import Funnel, FunnelSource
 from leadstage.funnels._loader import load_funnels, load_presets, parse_funnel
 from leadstage.funnels._model import (
     AccountRule,
@@ -126,6 +127,7 @@ __all__ = [
     "EventView",
     "Funnel",
     "FunnelDefinitionError",
+    "FunnelSource",
     "LeadState",
     "StepResult",
     "TransitionKind",

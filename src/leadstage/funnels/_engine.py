@@ -43,6 +43,20 @@ def fingerprint(spec: FunnelSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class FunnelSource:
+    """Where a definition was read from: its file, its exact text and the line of ``version``.
+
+    The version registry stores the text, so a version can run (or be replayed)
+    after its file has changed, and points at the ``version`` line when a file
+    changed without a version bump.
+    """
+
+    file: str
+    text: str
+    version_line: int | None = None
+
+
 @dataclass
 class _Step:
     """The mutable working state of one :meth:`Funnel.step` call."""
@@ -76,6 +90,7 @@ class Funnel:
         "loop",
         "name",
         "score_names",
+        "source",
         "spec",
         "stages",
         "version",
@@ -93,12 +108,13 @@ class Funnel:
     loop: LoopSpec | None
     score_names: tuple[str, ...]
     fingerprint: str
+    source: FunnelSource | None
     spec: FunnelSpec
     _index: Mapping[str, int]
     _half_lives: Mapping[str, float | None]
     _rules: tuple[RuleSpec, ...]
 
-    def __init__(self, spec: FunnelSpec) -> None:
+    def __init__(self, spec: FunnelSpec, source: FunnelSource | None = None) -> None:
         for path, message in check_references(spec):
             field_name = ".".join(str(part) for part in path)
             raise FunnelDefinitionError(f"<funnel {spec.name}>", None, field_name, message)
@@ -125,6 +141,7 @@ class Funnel:
                 default=timedelta(0),
             ),
             "fingerprint": fingerprint(spec),
+            "source": source,
             "_index": MappingProxyType({stage.name: i for i, stage in enumerate(spec.stages)}),
             "_half_lives": MappingProxyType(
                 {name: score.half_life_days for name, score in spec.scores.items()}

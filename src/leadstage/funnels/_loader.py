@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from leadstage.funnels._engine import Funnel
+from leadstage.funnels._engine import Funnel, FunnelSource
 from leadstage.funnels._model import FunnelDefinitionError
 from leadstage.funnels._spec import FunnelSpec, check_references
 
@@ -103,7 +103,7 @@ def parse_funnel(text: str, file: str = "<string>") -> Funnel:
     if problems:
         path, message = problems[0]
         raise FunnelDefinitionError(file, _line(lines, path), _field(path), message)
-    return Funnel(spec)
+    return Funnel(spec, FunnelSource(file, text, lines.get(("version",))))
 
 
 def _name_line(text: str) -> int | None:
