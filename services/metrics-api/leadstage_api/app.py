@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from leadstage.db.session import create_engine, create_session_factory, ping
 from leadstage.http import health_router, install_error_handlers
 from leadstage.settings import ApiSettings
+from leadstage_api import sales
 from leadstage_api.router import router
 
 
@@ -34,5 +35,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(sales.router)
     app.include_router(health_router(lambda: {"database": lambda: ping(database)}))
     return app
