@@ -262,7 +262,7 @@ def test_score_histograms_have_contiguous_bins_and_a_capped_count() -> None:
     assert (empty.leads, empty.bins, empty.mean.reason) == (
         0,
         [],
-        "no lead has a fit score at the end of 2015-Q1",
+        "no lead has a value for fit at the end of 2015-Q1",
     )
     b2b = load_presets()["b2b-six-stage"]
     named = lead_scores(b2b, {"x": {"custom": 1.0}}, lambda _: True, 10.0, Q1)

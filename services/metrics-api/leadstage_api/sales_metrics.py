@@ -439,7 +439,7 @@ def score_distribution(
         return ScoreDistribution(
             score=name,
             leads=0,
-            mean=null(f"no lead has a {name} score at the end of {period}"),
+            mean=null(f"no lead has a value for {name} at the end of {period}"),
             bin_width=width,
             bins=[],
         )
