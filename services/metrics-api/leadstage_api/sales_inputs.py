@@ -16,7 +16,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, String, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.credentials import Caller
@@ -36,11 +37,17 @@ logger = logging.getLogger(__name__)
 MAX_AMOUNT = Decimal("999999999999999")
 
 
+def _lock_id(key: str) -> ColumnElement[int]:
+    return func.hashtextextended("sales-input:" + key, 0)
+
+
 async def _lock(session: AsyncSession, key: str) -> None:
     """Serialise writers of one input key until the transaction ends."""
-    await session.execute(
-        select(func.pg_advisory_xact_lock(func.hashtextextended("sales-input:" + key, 0)))
-    )
+    await session.execute(select(func.pg_advisory_xact_lock(_lock_id(key))))
+
+
+async def _try_lock(session: AsyncSession, key: str) -> bool:
+    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(_lock_id(key)))))
 
 
 # --- quotas -----------------------------------------------------------------------
@@ -166,7 +173,10 @@ async def forecast_versions(session: AsyncSession, deal_id: str) -> list[DealFor
 async def _next_versions(session: AsyncSession, deal_ids: set[str]) -> dict[str, int]:
     rows = await session.execute(
         select(DealForecast.deal_id, func.max(DealForecast.version))
-        .where(DealForecast.deal_id.in_(sorted(deal_ids)))
+        .where(
+            DealForecast.deal_id
+            == any_(bindparam("deal_ids", sorted(deal_ids), type_=ARRAY(String)))
+        )
         .group_by(DealForecast.deal_id)
     )
     latest: dict[str, int] = {deal: version for deal, version in rows}
@@ -176,8 +186,8 @@ async def _next_versions(session: AsyncSession, deal_ids: set[str]) -> dict[str,
 async def put_forecast(
     session: AsyncSession, caller: Caller, deal_id: str, forecast: ForecastIn, now: datetime
 ) -> tuple[DealForecast, bool]:
-    await _lock(session, _FORECASTS_LOCK)
-    await record_event_forecasts(session, deal_id=deal_id, locked=True)
+    # The deal's events first, so the API's version is numbered after them.
+    await record_event_forecasts(session, deal_id=deal_id, wait=True)
     versions = await forecast_versions(session, deal_id)
     current = standing(versions)
     stated = (
@@ -283,13 +293,20 @@ def parse_event_forecast(properties: Any) -> EventForecast | None:
 
 
 async def record_event_forecasts(
-    session: AsyncSession, *, deal_id: str | None = None, locked: bool = False
+    session: AsyncSession, *, deal_id: str | None = None, wait: bool = False
 ) -> int:
     """Record a forecast version for each deal event carrying one that is not yet
     recorded (the engine stores the events; this reads them, so the engine is untouched).
-    Malformed forecasts are left out. Returns how many versions were added."""
-    if not locked:
+    Malformed forecasts are left out. Returns how many versions were added.
+
+    Readers do not wait for the lock: whoever holds it is recording these very events,
+    and its rows would not be visible to this transaction before it commits anyway, so
+    going on without them is the same as having asked a moment earlier.
+    """
+    if wait:
         await _lock(session, _FORECASTS_LOCK)
+    elif not await _try_lock(session, _FORECASTS_LOCK):
+        return 0
     t = StoredTouchpoint
     recorded = select(DealForecast.id).where(
         DealForecast.event_source == t.source, DealForecast.event_id == t.event_id

@@ -28,7 +28,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.db.models import (
@@ -620,7 +621,8 @@ async def load_lead_facts(
     if not leads:
         return {}
     t = StoredTouchpoint
-    keys = sorted(leads)
+    # One array parameter, not one parameter per lead (asyncpg allows 32,767).
+    keys = bindparam("leads", sorted(leads), type_=ARRAY(String))
     rows = await session.execute(
         select(
             t.lead_key,
@@ -628,7 +630,7 @@ async def load_lead_facts(
             t.payload["channel"].astext,
             t.payload["utm"]["source"].astext,
         )
-        .where(t.lead_key.in_(keys))
+        .where(t.lead_key == any_(keys))
         .distinct(t.lead_key)
         .order_by(t.lead_key, t.occurred_at, t.source, t.event_id)
     )
@@ -640,7 +642,7 @@ async def load_lead_facts(
         industries = await session.execute(
             select(LeadAccount.lead_id, Account.industry)
             .join(Account, Account.id == LeadAccount.account_id)
-            .where(LeadAccount.lead_id.in_(keys))
+            .where(LeadAccount.lead_id == any_(keys))
         )
         for lead, name in industries:
             facts[lead] = replace(facts.get(lead, LeadFacts()), industry=name)
