@@ -6,6 +6,11 @@ Create Date: 2026-11-23 12:00:00.000000
 
 The down revision is 0008 on purpose: another branch adds 0009, and the merge
 rechains this revision onto it.
+
+Rechaining note: the two partial indexes are on ``touchpoints``. A later revision that
+rebuilds that table (main's 0013 re-creates it partitioned and re-creates only
+``ix_touchpoints_lead_time``) drops them with the old table, so either chain this one
+after such a rebuild or have the rebuild create them too (models.py declares them).
 """
 
 from collections.abc import Sequence

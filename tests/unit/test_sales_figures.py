@@ -9,7 +9,6 @@ from decimal import Decimal
 import pytest
 
 from leadstage.funnels import load_presets
-from leadstage_api.periods import Period, count_periods, parse_period, periods_between
 from leadstage_api.sales_inputs import parse_amount, parse_event_forecast
 from leadstage_api.sales_metrics import (
     Forecast,
@@ -26,6 +25,7 @@ from leadstage_api.sales_metrics import (
     score_distribution,
     win_rate,
 )
+from leadstage_api.sales_periods import Period, count_periods, parse_period, periods_between
 
 Q1 = Period(2015, "quarter", 1)
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

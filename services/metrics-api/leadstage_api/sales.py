@@ -15,7 +15,8 @@ from leadstage.funnels import DEFAULT_FUNNEL
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
 from leadstage_api import sales_inputs, sales_metrics
 from leadstage_api.dependencies import Session, require_scope
-from leadstage_api.periods import (
+from leadstage_api.router import check_funnel
+from leadstage_api.sales_periods import (
     FIRST_YEAR,
     LAST_YEAR,
     PERIOD_PATTERN,
@@ -23,7 +24,6 @@ from leadstage_api.periods import (
     count_periods,
     parse_period,
 )
-from leadstage_api.router import check_funnel
 from leadstage_api.sales_schemas import (
     ForecastHistory,
     ForecastIn,

@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Literal
 
 from sqlalchemy import String, any_, bindparam, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.db.models import (
@@ -43,8 +43,8 @@ from leadstage.db.models import (
     StoredTouchpoint,
 )
 from leadstage.funnels import Funnel, LeadState
-from leadstage_api.periods import Period, PeriodKind, periods_between
 from leadstage_api.sales_inputs import parse_amount, record_event_forecasts
+from leadstage_api.sales_periods import Period, PeriodKind, periods_between
 from leadstage_api.sales_schemas import (
     Figure,
     PeriodSalesMetrics,
@@ -631,7 +631,7 @@ async def load_lead_facts(
             t.payload["utm"]["source"].astext,
         )
         .where(t.lead_key == any_(keys))
-        .distinct(t.lead_key)
+        .ext(distinct_on(t.lead_key))
         .order_by(t.lead_key, t.occurred_at, t.source, t.event_id)
     )
     facts = {
@@ -688,7 +688,7 @@ async def load_quotas(
     rows = await session.execute(
         select(q.period, q.amount, q.currency)
         .where(q.owner_kind == owner[0], q.owner_id == owner[1], q.period.in_(_labels(periods)))
-        .distinct(q.period)
+        .ext(distinct_on(q.period))
         .order_by(q.period, q.version.desc())
     )
     return {label: Money(amount, currency) for label, amount, currency in rows}
@@ -702,7 +702,7 @@ async def load_spend(
     rows = await session.execute(
         select(s.channel, s.period, s.amount, s.currency)
         .where(s.period.in_(_labels(periods)))
-        .distinct(s.channel, s.period)
+        .ext(distinct_on(s.channel, s.period))
         .order_by(s.channel, s.period, s.version.desc())
     )
     spend: dict[str, dict[str, Money]] = defaultdict(dict)
@@ -719,7 +719,7 @@ async def load_scores(
     rows = await session.execute(
         select(c.lead_key, c.score, c.value, c.occurred_at)
         .where(c.funnel == funnel.name, c.occurred_at < at)
-        .distinct(c.lead_key, c.score)
+        .ext(distinct_on(c.lead_key, c.score))
         .order_by(c.lead_key, c.score, c.occurred_at.desc(), c.id.desc())
     )
     scores: dict[str, dict[str, float]] = defaultdict(dict)
