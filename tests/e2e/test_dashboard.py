@@ -130,6 +130,18 @@ async def test_the_dashboard_shows_the_apis_figures(stack: Stack) -> None:
         )
         assert api.status_code == 200, api.text
         summary = api.json()
+        sales = await http.get(
+            f"{stack.api.url}/v1/metrics/sales",
+            params={
+                "from": "2025-06-01",
+                "to": "2025-07-01",
+                "period": "month",
+                "funnel": "b2b-six-stage",
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert sales.status_code == 200, sales.text
+        june = sales.json()["periods"][-1]["figures"]
         lead_view = (
             await http.get(f"{stack.api.url}/v1/leads/{leads[0]}", headers=stack.read_headers)
         ).json()
@@ -189,6 +201,17 @@ async def test_the_dashboard_shows_the_apis_figures(stack: Stack) -> None:
                 "Chart.getChart('funnel-chart').data.datasets[0].data.map(Number)"
             )
             assert bars == [s["reached"] for s in summary["stages"]]
+
+            # The pipeline cards show June's figures as the API gives them.
+            await expect(page.locator('[data-testid="pipeline-cards"]')).to_have_attribute(
+                "data-period", "2025-06"
+            )
+            win_rate = june["win_rate"]
+            shown_win_rate = await page.locator('.card[data-metric="win_rate"] .value').inner_text()
+            assert shown_win_rate == (
+                "n/a" if win_rate["value"] is None else f"{win_rate['value'] * 100:.1f}%"
+            )
+            assert shown_win_rate == "100.0%"  # one deal closed in June, and it was won
 
             # Lead search opens the timeline.
             await page.fill("#lead-query", leads[0])

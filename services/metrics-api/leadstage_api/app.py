@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from leadstage.db.session import create_engine, create_session_factory, ping
 from leadstage.http import RejectNulCharacters, health_router, install_error_handlers
 from leadstage.settings import ApiSettings
-from leadstage_api import accounts, analytics_router
+from leadstage_api import accounts, analytics_router, sales
 from leadstage_api.dashboard import install_dashboard
 from leadstage_api.funnel_catalog import router as funnel_catalog_router
 from leadstage_api.router import router
@@ -42,5 +42,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(analytics_router.router)
     app.include_router(funnel_catalog_router)
     install_dashboard(app)
+    app.include_router(sales.router)
     app.include_router(health_router(lambda: {"database": lambda: ping(database)}))
     return app

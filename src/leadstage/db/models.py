@@ -6,18 +6,21 @@ Alembic migrations under ``migrations/`` create these tables; nothing calls
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Double,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
@@ -537,3 +540,108 @@ class ReplayChangedLead(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
     marked_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+# --- Sales inputs: what events do not carry (quotas, spend, forecasts) --------------
+# Append-only and versioned: a write adds a version row and never updates one, so
+# every figure can be traced to who stated it and when.
+
+Money = Numeric(19, 4)
+
+
+class SalesQuota(Base):
+    """One version of a rep's or team's sales quota for a period (``2026-Q3``, ``2026-07``)."""
+
+    __tablename__ = "sales_quotas"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    owner_kind: Mapped[str] = mapped_column(String(10))
+    owner_id: Mapped[str] = mapped_column(String(255))
+    period: Mapped[str] = mapped_column(String(7))
+    version: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    written_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    written_by_token_id: Mapped[int] = mapped_column(BigInteger)
+    written_by: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (
+        UniqueConstraint("owner_kind", "owner_id", "period", "version"),
+        CheckConstraint("owner_kind IN ('rep', 'team')", name="owner_kind"),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )
+
+
+class MarketingSpend(Base):
+    """One version of the marketing spend on a channel in a period."""
+
+    __tablename__ = "marketing_spend"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    period: Mapped[str] = mapped_column(String(7))
+    channel: Mapped[str] = mapped_column(String(40))
+    version: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    written_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    written_by_token_id: Mapped[int] = mapped_column(BigInteger)
+    written_by: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (
+        UniqueConstraint("period", "channel", "version"),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )
+
+
+class DealForecast(Base):
+    """One version of a deal's forecast: expected close date and amount.
+
+    ``as_of`` is when the forecast was made (a deal event's time, or the API write's,
+    or a backfilled time); metrics read the forecast as it stood at a moment by it.
+    A version recorded from a deal event names that event, once.
+    """
+
+    __tablename__ = "deal_forecasts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    deal_id: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    expected_close_date: Mapped[date] = mapped_column(Date, index=True)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    rep: Mapped[str | None] = mapped_column(String(255))
+    team: Mapped[str | None] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(10))
+    as_of: Mapped[datetime] = mapped_column(Timestamp)
+    written_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    written_by_token_id: Mapped[int | None] = mapped_column(BigInteger)
+    written_by: Mapped[str] = mapped_column(String(255))
+    event_source: Mapped[str | None] = mapped_column(String(255))
+    event_id: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (
+        UniqueConstraint("deal_id", "version"),
+        UniqueConstraint("event_source", "event_id"),
+        CheckConstraint("source IN ('api', 'event')", name="source"),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )
+
+
+# Sales metrics read deal, revenue and churn events, and forecasts carried by events,
+# out of all touchpoints: partial indexes keep those reads off the page views.
+SALES_EVENT_TYPES = ("deal_won", "deal_lost", "purchase", "renewal", "upsell", "churned")
+SALES_EVENTS_PREDICATE = text(
+    "type IN (" + ", ".join(f"'{kind}'" for kind in SALES_EVENT_TYPES) + ")"
+)
+FORECAST_EVENTS_PREDICATE = text("(payload -> 'properties') ? 'expected_close_date'")
+Index(
+    "ix_touchpoints_sales_events",
+    StoredTouchpoint.type,
+    StoredTouchpoint.occurred_at,
+    postgresql_where=SALES_EVENTS_PREDICATE,
+)
+Index(
+    "ix_touchpoints_forecast_events",
+    StoredTouchpoint.occurred_at,
+    postgresql_where=FORECAST_EVENTS_PREDICATE,
+)

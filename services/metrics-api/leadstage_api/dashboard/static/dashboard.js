@@ -167,36 +167,52 @@ const PIPELINE_CARDS = [
   ["average_sales_cycle_days", "Average sales cycle (days)", (v) => v.toFixed(1)],
   ["average_deal_size", "Average deal size", (v) => v.toLocaleString("en-US", { maximumFractionDigits: 0 })],
   ["win_rate", "Win rate", percent],
-  ["churn_rate", "Churn rate", percent],
-  ["deal_slippage_rate", "Deal slippage", percent],
+  ["churn_rate_percent", "Churn rate", (v) => `${v.toFixed(1)}%`],
+  ["deal_slippage_rate_percent", "Deal slippage", (v) => `${v.toFixed(1)}%`],
   ["pipeline_coverage", "Pipeline coverage", (v) => `${v.toFixed(2)}x`],
-  ["romi", "ROMI (incremental)", percent],
+  ["romi", "ROMI (incremental)", (v) => `${v.toFixed(2)}x`],
 ];
+
+function nextDay(date) {
+  const day = new Date(`${date}T00:00:00Z`);
+  day.setUTCDate(day.getUTCDate() + 1);
+  return day.toISOString().slice(0, 10);
+}
+
+export function cardText(figure, format) {
+  return figure?.value === null || figure?.value === undefined ? "n/a" : format(Number(figure.value));
+}
 
 async function loadPipeline() {
   const box = $("pipeline-cards");
   box.replaceChildren();
   let metrics;
   try {
-    metrics = await api("/v1/metrics/sales", { from: $("from").value, to: $("to").value });
+    // Whole days; `to` is exclusive in this endpoint, the page's "to" inclusive.
+    metrics = await api("/v1/metrics/sales", {
+      from: $("from").value,
+      to: nextDay($("to").value),
+      period: "month",
+      funnel: $("funnel").value,
+    });
   } catch (error) {
     box.textContent = `Pipeline metrics unavailable: ${error.message}`;
     return;
   }
   const periods = metrics.periods ?? [];
-  const latest = periods[periods.length - 1] ?? {};
+  const latest = periods[periods.length - 1];
+  box.dataset.period = latest?.period ?? "";
   for (const [key, label, format] of PIPELINE_CARDS) {
-    const figure = latest[key] ?? metrics[key];
+    const figure = latest?.figures?.[key];
     const card = document.createElement("div");
     card.className = "card";
     card.dataset.metric = key;
     const value = document.createElement("div");
     value.className = "value";
-    value.textContent =
-      figure?.value === null || figure?.value === undefined ? "n/a" : format(Number(figure.value));
+    value.textContent = cardText(figure, format);
     const caption = document.createElement("div");
     caption.className = "label";
-    caption.textContent = figure?.reason ? `${label}: ${figure.reason}` : label;
+    caption.textContent = `${label}, ${latest?.period ?? ""}` + (figure?.reason ? `: ${figure.reason}` : "");
     card.append(value, caption);
     box.appendChild(card);
   }
@@ -346,6 +362,12 @@ async function open() {
   }
   $("funnel").replaceChildren(...catalog.funnels.map((f) => new Option(f.name, f.name)));
   $("funnel").value = catalog.default;
+  if (!$("from").value || !$("to").value) {
+    const today = new Date();
+    $("to").value = today.toISOString().slice(0, 10);
+    today.setUTCDate(today.getUTCDate() - 90);
+    $("from").value = today.toISOString().slice(0, 10);
+  }
   $("token-form").hidden = true;
   $("filters").hidden = false;
   $("dashboard").hidden = false;
