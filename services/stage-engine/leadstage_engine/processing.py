@@ -180,7 +180,7 @@ def event_key(occurred_at: datetime, source: str, event_id: str) -> EventKey:
 
 
 @dataclass(frozen=True)
-class _Event:
+class FoldedEvent:
     """A touchpoint as the funnels see it, in UTC (so every path serialises alike)."""
 
     view: EventView
@@ -197,7 +197,7 @@ class _Event:
         event_type: str,
         occurred_at: datetime,
         payload: Mapping[str, Any],
-    ) -> _Event:
+    ) -> FoldedEvent:
         return cls(
             EventView(
                 source=source,
@@ -231,7 +231,7 @@ class _LeadFold:
         return event_key(self.last_touch_at, *self.last_event)
 
     def fold(
-        self, funnel: Funnel, lead: str, event: _Event, history: Sequence[EventView]
+        self, funnel: Funnel, lead: str, event: FoldedEvent, history: Sequence[EventView]
     ) -> list[dict[str, Any]]:
         """Apply one event that comes after every event folded so far; return the new
         facts to publish."""
@@ -313,16 +313,16 @@ def _fact(funnel: Funnel, lead: str, change: Change, view: EventView) -> dict[st
     }
 
 
-class _Timeline:
+class LeadTimeline:
     """One lead's events in event-time order, for the counted-window rules' history."""
 
-    def __init__(self, events: Iterable[_Event] = ()) -> None:
+    def __init__(self, events: Iterable[FoldedEvent] = ()) -> None:
         self.events = sorted(events, key=lambda e: e.key)
 
-    def add(self, event: _Event) -> None:
+    def add(self, event: FoldedEvent) -> None:
         bisect.insort(self.events, event, key=lambda e: e.key)
 
-    def before(self, event: _Event, window: timedelta) -> list[EventView]:
+    def before(self, event: FoldedEvent, window: timedelta) -> list[EventView]:
         end = bisect.bisect_left(self.events, event.key, key=lambda e: e.key)
         start = (
             bisect.bisect_left(
@@ -334,7 +334,7 @@ class _Timeline:
         return [e.view for e in self.events[start:end]]
 
 
-def fold_all(funnel: Funnel, lead: str, timeline: _Timeline) -> _LeadFold:
+def fold_all(funnel: Funnel, lead: str, timeline: LeadTimeline) -> _LeadFold:
     result = _LeadFold(LeadState())
     for event in timeline.events:
         result.fold(funnel, lead, event, timeline.before(event, funnel.history_window))
@@ -370,7 +370,7 @@ def _changed(funnel: Funnel, transition: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _corrected(
-    funnel: Funnel, lead: str, event: _Event, fold: _LeadFold, withdrawn: list[str]
+    funnel: Funnel, lead: str, event: FoldedEvent, fold: _LeadFold, withdrawn: list[str]
 ) -> dict[str, Any]:
     view = event.view
     return {
@@ -420,11 +420,13 @@ async def _advance_leads(
     """
     names = [funnel.name for funnel in funnels]
 
-    def arriving(remap: Mapping[str, str]) -> dict[str, list[_Event]]:
-        events: dict[str, list[_Event]] = {remap.get(lead, lead): [] for lead in canonical}
+    def arriving(remap: Mapping[str, str]) -> dict[str, list[FoldedEvent]]:
+        events: dict[str, list[FoldedEvent]] = {remap.get(lead, lead): [] for lead in canonical}
         for tp, payload in fresh:
             events.setdefault(remap.get(tp.lead_key, tp.lead_key), []).append(
-                _Event.from_payload(tp.source, tp.event_id, str(tp.type), tp.occurred_at, payload)
+                FoldedEvent.from_payload(
+                    tp.source, tp.event_id, str(tp.type), tp.occurred_at, payload
+                )
             )
         return events
 
@@ -479,7 +481,7 @@ async def _advance_leads(
     )
     window = max((f.history_window for f in funnels), default=timedelta(0))
     partial = [lead for lead in lead_keys if lead not in set(full)] if window else []
-    timelines: dict[str, _Timeline] = {lead: _Timeline() for lead in lead_keys}
+    timelines: dict[str, LeadTimeline] = {lead: LeadTimeline() for lead in lead_keys}
     fresh_ids = {(tp.source, tp.event_id) for tp, _ in fresh}
     for leads, since in (
         (full, None),
@@ -505,7 +507,7 @@ async def _advance_leads(
         ):
             if (source, event_id) not in fresh_ids:  # history from before this batch
                 timelines[lead].add(
-                    _Event.from_payload(source, event_id, event_type, occurred_at, payload)
+                    FoldedEvent.from_payload(source, event_id, event_type, occurred_at, payload)
                 )
 
     rewritten: set[tuple[str, str]] = set()
@@ -517,7 +519,7 @@ async def _advance_leads(
             if lead in rehoming.refold:
                 # Refold with the absorbed leads' touchpoints; publish the difference
                 # from what this lead's own touchpoints gave.
-                own = _Timeline(
+                own = LeadTimeline(
                     e
                     for e in timeline.events
                     if (e.view.source, e.view.event_id) not in rehoming.moved
@@ -552,7 +554,7 @@ async def _advance_leads(
                     )
                     continue
                 # A late event: refold, then publish the difference.
-                with_late = _Timeline([*timeline.events, event])
+                with_late = LeadTimeline([*timeline.events, event])
                 before_fold = fold_all(funnel, lead, timeline)
                 refolded = fold_all(funnel, lead, with_late)
                 before = {f["change_id"]: f for f in before_fold.facts}

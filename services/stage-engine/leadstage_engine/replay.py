@@ -57,7 +57,7 @@ from leadstage.db.session import SessionFactory, create_session_factory, unit_of
 from leadstage.funnels import Funnel, load_funnels
 from leadstage.settings import ServiceSettings
 from leadstage_engine.changes import change_id
-from leadstage_engine.processing import _Event, _Timeline, fold_all
+from leadstage_engine.processing import FoldedEvent, LeadTimeline, fold_all
 from leadstage_engine.versions import (
     active_version,
     from_registry,
@@ -360,7 +360,7 @@ async def _fold_into_shadow(
     session: AsyncSession, funnel: Funnel, leads: Sequence[str], *, replace: bool
 ) -> int:
     """Fold each lead from all its stored touchpoints into the shadow tables."""
-    events: dict[str, list[_Event]] = {}
+    events: dict[str, list[FoldedEvent]] = {}
     rows = await session.execute(
         select(
             StoredTouchpoint.lead_key,
@@ -373,7 +373,7 @@ async def _fold_into_shadow(
     )
     for lead, source, event_id, event_type, occurred_at, payload in rows:
         events.setdefault(lead, []).append(
-            _Event.from_payload(source, event_id, event_type, occurred_at, payload)
+            FoldedEvent.from_payload(source, event_id, event_type, occurred_at, payload)
         )
     if replace:
         for model in (ReplayLeadStage, ReplayLeadTransition, ReplayLeadScoreChange):
@@ -388,7 +388,7 @@ async def _fold_into_shadow(
     transitions: list[dict[str, Any]] = []
     score_changes: list[dict[str, Any]] = []
     for lead in sorted(events):
-        fold = fold_all(funnel, lead, _Timeline(events[lead]))
+        fold = fold_all(funnel, lead, LeadTimeline(events[lead]))
         if fold.last_event is None:
             continue
         stages.append(
