@@ -189,3 +189,9 @@ class ApiSettings(ServiceSettings):
 
     http_port: int = Field(default=8080, ge=1, le=65535)
     history_page_max: int = Field(default=500, ge=1)
+    funnel_refresh_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the API re-reads the funnel version registry, so that a "
+        "replay's switch-over changes the stages it describes.",
+    )

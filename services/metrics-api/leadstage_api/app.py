@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
-from leadstage.db.session import create_engine, create_session_factory, ping
+from leadstage.db.session import (
+    SessionFactory,
+    create_engine,
+    create_session_factory,
+    ping,
+    unit_of_work,
+)
+from leadstage.funnels import Funnel, FunnelDefinitionError
+from leadstage.funnels.registry import active_funnels
 from leadstage.http import RejectNulCharacters, health_router, install_error_handlers
 from leadstage.settings import ApiSettings
 from leadstage_api import accounts, analytics_router, sales
@@ -15,18 +27,47 @@ from leadstage_api.dashboard import install_dashboard
 from leadstage_api.funnel_catalog import router as funnel_catalog_router
 from leadstage_api.router import router
 
+logger = logging.getLogger(__name__)
+
+
+async def follow_active_versions(
+    app: FastAPI,
+    sessions: SessionFactory,
+    configured: Mapping[str, Funnel],
+    settings: ApiSettings,
+    stopping: asyncio.Event,
+) -> None:
+    """Describe each funnel as the registry's active version, as the stored states were
+    computed (a changed file waits as a pending version until a replay switches over)."""
+    while not stopping.is_set():
+        try:
+            async with unit_of_work(sessions) as session:
+                app.state.funnels = await active_funnels(session, configured, settings.funnels)
+        except (SQLAlchemyError, OSError, FunnelDefinitionError) as error:
+            logger.warning("funnel versions not read (%r); keeping the current ones", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=settings.funnel_refresh_seconds)
+
 
 def create_app(settings: ApiSettings) -> FastAPI:
     database = create_engine(settings, application_name="leadstage-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configured = settings.active_funnels()
         app.state.settings = settings
-        app.state.funnels = settings.active_funnels()
-        app.state.sessions = create_session_factory(database)
+        app.state.funnels = configured
+        app.state.sessions = sessions = create_session_factory(database)
+        stopping = asyncio.Event()
+        refresher = asyncio.create_task(
+            follow_active_versions(app, sessions, configured, settings, stopping),
+            name="funnel-versions",
+        )
         try:
             yield
         finally:
+            stopping.set()
+            await asyncio.gather(refresher, return_exceptions=True)
             await database.dispose()
 
     app = FastAPI(

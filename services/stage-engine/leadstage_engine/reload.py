@@ -30,12 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadstage.db.models import FunnelVersion, ReplayChangedLead, table
 from leadstage.db.session import SessionFactory, create_engine, create_session_factory, unit_of_work
 from leadstage.funnels import Funnel, FunnelDefinitionError
+from leadstage.funnels.registry import from_registry
 from leadstage.settings import ServiceSettings
 from leadstage.transport.base import Record
 from leadstage_engine.processing import BatchOutcome, apply_batch, parse_records
 from leadstage_engine.versions import (
     LiveVersion,
-    from_registry,
     live_versions,
     lock_registry_shared,
     register_all,

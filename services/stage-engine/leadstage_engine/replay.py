@@ -55,12 +55,12 @@ from leadstage.db.models import (
 )
 from leadstage.db.session import SessionFactory, create_session_factory, unit_of_work
 from leadstage.funnels import Funnel, load_funnels
+from leadstage.funnels.registry import from_registry
 from leadstage.settings import ServiceSettings
 from leadstage_engine.changes import change_id
 from leadstage_engine.processing import FoldedEvent, LeadTimeline, fold_all
 from leadstage_engine.versions import (
     active_version,
-    from_registry,
     lock_registry,
     register,
     versions_of,

@@ -26,7 +26,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.db.models import FunnelVersion, LeadStage
-from leadstage.funnels import Funnel, FunnelDefinitionError, parse_funnel
+from leadstage.funnels import Funnel, FunnelDefinitionError
 
 Status = Literal["pending", "replaying", "active", "retired"]
 
@@ -61,11 +61,6 @@ def _where(funnel: Funnel) -> tuple[str, int | None]:
     if funnel.source is None:
         return f"<funnel {funnel.name}>", None
     return funnel.source.file, funnel.source.version_line
-
-
-def from_registry(row: FunnelVersion) -> Funnel:
-    """The funnel a registry row describes, parsed from the text it was registered with."""
-    return parse_funnel(row.definition, f"funnel_versions:{row.funnel}@{row.version}")
 
 
 async def versions_of(session: AsyncSession, name: str) -> list[FunnelVersion]:
