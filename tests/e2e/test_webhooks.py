@@ -92,6 +92,19 @@ async def test_changes_are_delivered_signed_and_a_dead_endpoint_is_dead_lettered
             env=stack.env,
         )
     )
+    accounts_hook = last_line(
+        leadstage_cli(
+            "webhooks",
+            "add",
+            "--url",
+            receiver.url,
+            "--secret",
+            secret,
+            "--event",
+            "AccountStageChanged",
+            env=stack.env,
+        )
+    )
     good_id, dead_id = good.split()[1], dead.split()[1]
     try:
         await asyncio.sleep(6)  # the engine re-reads subscriptions every 5 s
@@ -104,6 +117,7 @@ async def test_changes_are_delivered_signed_and_a_dead_endpoint_is_dead_lettered
                     "type": "demo_requested",
                     "lead_id": lead,
                     "occurred_at": "2026-11-20T10:00:00Z",
+                    "account": {"id": f"acct-{lead}"},
                 },
             )
             assert response.status_code == 202
@@ -121,6 +135,25 @@ async def test_changes_are_delivered_signed_and_a_dead_endpoint_is_dead_lettered
         assert hmac.compare_digest(headers["x-leadstage-signature"], expected)
         assert headers["x-leadstage-change-id"] == change["change_id"]
         assert (change["event"], change["to_stage"]) == ("LeadStageChanged", "Action")
+
+        # Account changes reach the subscriptions that ask for them, signed the same way
+        # (the lead's account, below the quorum stage, follows its furthest contact).
+        account_changes: list[dict[str, Any]] = []
+        while not account_changes and time.monotonic() < deadline:
+            account_changes = [
+                json.loads(b)
+                for h, b in receiver.received
+                if json.loads(b).get("account_id") == f"acct-{lead}"
+                and hmac.compare_digest(
+                    h["x-leadstage-signature"],
+                    "sha256=" + hmac.new(secret.encode(), b, hashlib.sha256).hexdigest(),
+                )
+            ]
+            await asyncio.sleep(0.2)
+        assert account_changes, "the account change was not delivered"
+        assert {(c["event"], c["funnel"], c["to_stage"]) for c in account_changes} >= {
+            ("AccountStageChanged", "b2b-six-stage", "Action")
+        }
 
         letters: list[WebhookDeadLetter] = []
         while not letters and time.monotonic() < deadline:
@@ -140,5 +173,5 @@ async def test_changes_are_delivered_signed_and_a_dead_endpoint_is_dead_lettered
         assert letters[0].attempts == 5
         assert "ConnectError" in letters[0].last_error
     finally:
-        for subscription in (good_id, dead_id):
+        for subscription in (good_id, dead_id, accounts_hook.split()[1]):
             leadstage_cli("webhooks", "remove", subscription, env=stack.env)

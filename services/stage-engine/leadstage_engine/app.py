@@ -40,18 +40,24 @@ def create_app(settings: EngineSettings) -> FastAPI:
     funnels = LiveFunnels(settings, sessions)
     engine = StageEngine(settings, sessions, source, dead_letters=publisher, funnels=funnels)
     relay_stopping = asyncio.Event()
-    webhooks = WebhookDispatcher(
-        sessions,
-        create_source(
-            settings,
+    # One dispatcher per published topic (lead and account changes), each with its own
+    # consumer group, so a slow endpoint for one kind never delays the other.
+    webhooks = [
+        WebhookDispatcher(
             sessions,
-            topic=settings.lead_stage_changed_topic,
-            group=f"{settings.consumer_group}-webhooks",
-        ),
-        group=f"{settings.consumer_group}-webhooks",
-        max_attempts=settings.webhook_max_attempts,
-        first_retry_seconds=settings.webhook_first_retry_seconds,
-    )
+            create_source(settings, sessions, topic=topic, group=group),
+            group=group,
+            max_attempts=settings.webhook_max_attempts,
+            first_retry_seconds=settings.webhook_first_retry_seconds,
+        )
+        for topic, group in (
+            (settings.lead_stage_changed_topic, f"{settings.consumer_group}-webhooks"),
+            (
+                settings.account_stage_changed_topic,
+                f"{settings.consumer_group}-account-webhooks",
+            ),
+        )
+    ]
 
     def _exit_on_crash(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -68,10 +74,13 @@ def create_app(settings: EngineSettings) -> FastAPI:
         await publisher.start()
         loop_task = asyncio.create_task(engine.run(), name="stage-engine")
         loop_task.add_done_callback(_exit_on_crash)
-        webhook_task = (
-            asyncio.create_task(webhooks.run(), name="webhooks")
+        webhook_tasks = (
+            [
+                asyncio.create_task(dispatcher.run(), name=f"webhooks-{n}")
+                for n, dispatcher in enumerate(webhooks)
+            ]
             if settings.webhooks_enabled
-            else None
+            else []
         )
         partitions_task = asyncio.create_task(
             maintain_touchpoint_partitions(sessions, partitions_stopping),
@@ -108,12 +117,13 @@ def create_app(settings: EngineSettings) -> FastAPI:
                 for task in undrained:
                     task.cancel()
                 await asyncio.gather(*undrained, return_exceptions=True)
-            webhooks.request_stop()
-            if webhook_task is not None:
-                _done, pending = await asyncio.wait({webhook_task}, timeout=15)
+            for dispatcher in webhooks:
+                dispatcher.request_stop()
+            if webhook_tasks:
+                _done, pending = await asyncio.wait(webhook_tasks, timeout=15)
                 for task in pending:
                     task.cancel()
-                await asyncio.gather(webhook_task, return_exceptions=True)
+                await asyncio.gather(*webhook_tasks, return_exceptions=True)
             partitions_stopping.set()
             await asyncio.gather(partitions_task, return_exceptions=True)
             await publisher.stop()

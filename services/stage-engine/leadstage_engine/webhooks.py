@@ -1,7 +1,8 @@
 """Webhooks: published changes POSTed to subscribed HTTP endpoints (a CRM, a mailer).
 
-A consumer of its own (group ``<consumer_group>-webhooks``) reads the
-lead-stage-changed topic, so a slow or dead endpoint never holds up the engine.
+Consumers of their own read the published topics (group ``<consumer_group>-webhooks``
+for lead-stage-changed, ``<consumer_group>-account-webhooks`` for
+account-stage-changed), so a slow or dead endpoint never holds up the engine.
 Each delivery is signed: ``X-LeadStage-Signature: sha256=<hex HMAC-SHA256 of the
 body with the subscription's secret>``, with the ``X-LeadStage-Change-Id`` the
 receiver uses to drop repeats (delivery is at least once). A failing endpoint is
