@@ -60,7 +60,7 @@ async def test_each_month_has_its_partition_and_a_redelivery_is_stored_once(
                 session,
                 batch,
                 consumer_group=f"partitions-{lead}-{attempt}",
-                funnels=[B2B],
+                funnels=[],  # touchpoints only: no lead state that other reports would count
                 outbox_topic="tests.unpublished.v1",
             )
     assert await stored_in(sessions, lead) == [
@@ -79,7 +79,7 @@ async def test_a_month_outside_the_range_goes_to_the_default_partition(
             session,
             [record(lead, long_ago, 0)],
             consumer_group=f"partitions-{lead}",
-            funnels=[B2B],
+            funnels=[],  # touchpoints only: no lead state that other reports would count
             outbox_topic="tests.unpublished.v1",
         )
     assert await stored_in(sessions, lead) == [(f"{lead}-0", "touchpoints_default")]
