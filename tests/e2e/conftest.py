@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+import leadstage.funnels
+from leadstage.funnels import parse_funnel
 from tests.conftest import Environment, leadstage_cli
 
 LOGS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -130,13 +133,42 @@ class MetricsApi:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+PRESETS_DIR = Path(leadstage.funnels.__file__).parent / "presets"
+
+#: The analytics tests' funnels: b2b-six-stage and decision-journey (regressions and
+#: loops) under names no other test uses. The reports count every lead of a funnel
+#: (an old lead still in a stage is an open stay of any later period), so other tests'
+#: leads in the shared test database must not be in them.
+ANALYTICS_COPIES = {"analytics-b2b": "b2b-six-stage", "analytics-dj": "decision-journey"}
+ANALYTICS_FUNNELS = {
+    copy: parse_funnel(
+        (PRESETS_DIR / f"{preset}.yaml")
+        .read_text(encoding="utf-8")
+        .replace(f"name: {preset}", f"name: {copy}", 1),
+        f"{copy}.yaml",
+    )
+    for copy, preset in ANALYTICS_COPIES.items()
+}
+
+
 @pytest.fixture(scope="session")
-def analytics_api(environment: Environment) -> Iterator[MetricsApi]:
-    """The metrics API with b2b-six-stage and decision-journey (regressions and loops)
-    active, on the embedded transport; analytics tests feed the engine's apply_batch."""
+def analytics_api(
+    environment: Environment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MetricsApi]:
+    """The metrics API with the analytics funnels active, on the embedded transport;
+    analytics tests feed the engine's apply_batch."""
+    funnels_dir = tmp_path_factory.mktemp("analytics-funnels")
+    for copy, preset in ANALYTICS_COPIES.items():
+        (funnels_dir / f"{copy}.yaml").write_text(
+            (PRESETS_DIR / f"{preset}.yaml")
+            .read_text(encoding="utf-8")
+            .replace(f"name: {preset}", f"name: {copy}", 1),
+            encoding="utf-8",
+        )
     env = {
         **environment.variables("postgres"),
-        "LEADSTAGE_FUNNELS": '["b2b-six-stage", "decision-journey"]',
+        "LEADSTAGE_FUNNELS": json.dumps(sorted(ANALYTICS_COPIES)),
+        "LEADSTAGE_FUNNELS_DIR": str(funnels_dir),
     }
     token = last_line(
         leadstage_cli(

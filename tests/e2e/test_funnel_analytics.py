@@ -63,13 +63,13 @@ from sqlalchemy import insert
 from leadstage.db.models import Account, LeadAccount
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.events import Touchpoint, TouchpointIn
-from leadstage.funnels import load_presets
 from leadstage.transport.base import Record
 from leadstage_engine.processing import apply_batch
-from tests.e2e.conftest import MetricsApi
+from tests.e2e.conftest import ANALYTICS_FUNNELS, MetricsApi
 
-PRESETS = load_presets()
-B2B, DJ = PRESETS["b2b-six-stage"], PRESETS["decision-journey"]
+# Copies of the presets under names of their own (see tests/e2e/conftest.py): the
+# reports count every lead of a funnel, so other tests' leads must not be in these.
+B2B, DJ = ANALYTICS_FUNNELS["analytics-b2b"], ANALYTICS_FUNNELS["analytics-dj"]
 DAY = 86_400.0
 HOUR = 3_600.0
 
@@ -226,7 +226,7 @@ JAN_FEB = {"from": "2012-01-01T00:00:00Z", "to": "2012-03-01T00:00:00Z"}
 
 
 async def test_cohorts_follow_each_entrant_for_the_window(worked: Worked) -> None:
-    body = await worked.ok("b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30)
+    body = await worked.ok("analytics-b2b/cohorts", **JAN_FEB, period="month", follow_days=30)
     january, february = body["cohorts"]
     assert january["period_start"] == "2012-01-01T00:00:00Z"
     assert january["followed_until"] == "2012-03-02T00:00:00Z"  # Feb 1 + 30 days
@@ -246,13 +246,13 @@ async def test_cohorts_follow_each_entrant_for_the_window(worked: Worked) -> Non
     assert customer["change"]["value"] == round(1 / 3, 6)  # 0 -> 1/3
 
     # 60 days: L1's Customer (Feb05) is within Jan02 + 60 days now.
-    longer = await worked.ok("b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=60)
+    longer = await worked.ok("analytics-b2b/cohorts", **JAN_FEB, period="month", follow_days=60)
     assert reached(longer["cohorts"][0]) == [4, 4, 3, 3, 1, 1]
 
 
 async def test_cohorts_breakdown_filter_and_account_unit(worked: Worked) -> None:
     body = await worked.ok(
-        "b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30, breakdown="industry"
+        "analytics-b2b/cohorts", **JAN_FEB, period="month", follow_days=30, breakdown="industry"
     )
     segments = by_value(body["segments"])
     # January by industry: software = L1, L2 (acme) and L5 (gamma); retail = L3 (beta).
@@ -268,7 +268,7 @@ async def test_cohorts_breakdown_filter_and_account_unit(worked: Worked) -> None
 
     # First-touch channel paid_search: L1 (ad_click) and L5 (page_view) in January.
     paid = await worked.ok(
-        "b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30, channel="paid_search"
+        "analytics-b2b/cohorts", **JAN_FEB, period="month", follow_days=30, channel="paid_search"
     )
     assert reached(paid["cohorts"][0]) == [2, 2, 2, 2, 1, 0]
     assert paid["cohorts"][1]["entered"] == 0
@@ -282,7 +282,7 @@ async def test_cohorts_breakdown_filter_and_account_unit(worked: Worked) -> None
     # (L3), reaches 0-1 by Feb04 10:00 (L4's meeting at 12:00 is two hours late); gamma
     # enters Jan20 (L5), 0-3. Nobody enters in February: beta entered in January.
     accounts = await worked.ok(
-        "b2b-six-stage/cohorts", **JAN_FEB, period="month", follow_days=30, unit="account"
+        "analytics-b2b/cohorts", **JAN_FEB, period="month", follow_days=30, unit="account"
     )
     assert reached(accounts["cohorts"][0]) == [3, 3, 2, 2, 1, 0]
     assert accounts["cohorts"][1]["entered"] == 0
@@ -300,11 +300,11 @@ def reached_per_stage(figures: dict[str, Any]) -> list[int]:
 
 async def test_summary_breakdown_filters_and_accounts(worked: Worked) -> None:
     # Furthest stages: L1 5, L2 3, L3 1, L4 5, L5 3, L6 4, L7 0, L8 0, L9 2.
-    whole = await worked.ok("b2b-six-stage/summary", **Q1)
+    whole = await worked.ok("analytics-b2b/summary", **Q1)
     assert whole["leads"] == 9
     assert reached_per_stage(whole) == [9, 7, 6, 5, 3, 2]
 
-    body = await worked.ok("b2b-six-stage/summary", **Q1, breakdown="tier")
+    body = await worked.ok("analytics-b2b/summary", **Q1, breakdown="tier")
     tiers = by_value(body["segments"])
     # tier 1 = acme (L1: 5, L2: 3); tier 3 = beta (L3: 1, L4: 5); tier 2 = gamma (L5: 3,
     # now Disqualified); no account = L6 (4), L7 (0), L8 (0), L9 (2).
@@ -317,14 +317,14 @@ async def test_summary_breakdown_filters_and_accounts(worked: Worked) -> None:
     assert list(tiers) == ["1", "2", "3", None]  # value order, unknown last
 
     # Filters AND across dimensions, OR within one: software in DE is acme only.
-    acme = await worked.ok("b2b-six-stage/summary", **Q1, industry="software", country="de")
+    acme = await worked.ok("analytics-b2b/summary", **Q1, industry="software", country="de")
     assert reached_per_stage(acme) == [2, 2, 2, 2, 1, 1]
-    both = await worked.ok("b2b-six-stage/summary", **{**Q1, "size_band": ["1-49", "5000+"]})
+    both = await worked.ok("analytics-b2b/summary", **{**Q1, "size_band": ["1-49", "5000+"]})
     assert reached_per_stage(both) == [3, 3, 2, 2, 1, 1]  # beta (L3, L4) and gamma (L5)
 
     # Accounts: acme reached Customer (L1) and is a customer now; beta too (L4); gamma
     # reached Engagement (L5) and, its only contact disqualified, is Disqualified.
-    accounts = await worked.ok("b2b-six-stage/summary", **Q1, unit="account")
+    accounts = await worked.ok("analytics-b2b/summary", **Q1, unit="account")
     assert accounts["leads"] == 3
     assert reached_per_stage(accounts) == [3, 3, 3, 3, 2, 2]
     assert accounts["stages"][5]["current"] == 2
@@ -348,7 +348,7 @@ def buckets(figures: dict[str, Any]) -> dict[str, int]:
 
 
 async def test_time_in_stage_measures_completed_stays(worked: Worked) -> None:
-    body = await worked.ok("b2b-six-stage/time-in-stage", **Q1)
+    body = await worked.ok("analytics-b2b/time-in-stage", **Q1)
     stages = {s["stage"]: s for s in body["stages"]}
     # Awareness stays: L1 2d, L2 12d, L3 4d, L4 26h, L5 1d, L6 1d; sorted 1d, 1d, 26h, 2d,
     # 4d, 12d. percentile_cont interpolates at (n-1)p: median at 2.5 = (26h + 48h) / 2
@@ -371,11 +371,11 @@ async def test_time_in_stage_measures_completed_stays(worked: Worked) -> None:
     assert "completed stays" in body["measures"]
 
     # Software (L1, L2, L5): Awareness 2d, 12d, 1d -> median 2d.
-    software = await worked.ok("b2b-six-stage/time-in-stage", **Q1, industry="software")
+    software = await worked.ok("analytics-b2b/time-in-stage", **Q1, industry="software")
     assert stats(software["stages"][0])[:2] == (3, 2 * DAY)
     # By first-touch channel, Engagement: paid_search L1 10d and L5 11d -> 10.5d;
     # organic_search L2 16d; paid_social L6 19d.
-    by_channel = await worked.ok("b2b-six-stage/time-in-stage", **Q1, breakdown="channel")
+    by_channel = await worked.ok("analytics-b2b/time-in-stage", **Q1, breakdown="channel")
     engagement = {
         s["value"]: stats(s["stages"][3])[:2]
         for s in by_channel["segments"]
@@ -390,20 +390,20 @@ async def test_time_in_stage_measures_completed_stays(worked: Worked) -> None:
     # A regression makes a second stay: Consider D1 2d and 3d, D2 2d -> median 2d, p75 at
     # 1.5 = 2.5d, p90 at 1.8 = 2.8d. Buy: D1 3d, D2 2d; D1's looped-back visit is open.
     journey = await worked.ok(
-        "decision-journey/time-in-stage",
+        "analytics-dj/time-in-stage",
         **{"from": "2012-06-01T00:00:00Z", "to": "2012-07-01T00:00:00Z"},
     )
     consider, _, buy = journey["stages"][:3]
     assert stats(consider) == (3, 2 * DAY, 2.5 * DAY, 241_920.0)  # 2.8d
     assert (buy["count"], buy["open"]) == (2, 1)
 
-    refused = await worked.get("b2b-six-stage/time-in-stage", **Q1, unit="account")
+    refused = await worked.get("analytics-b2b/time-in-stage", **Q1, unit="account")
     assert refused.status_code == 422
     assert refused.json()["error"]["details"][0]["field"] == "unit"
 
 
 async def test_time_to_convert_with_trend_breakdown_and_accounts(worked: Worked) -> None:
-    body = await worked.ok("b2b-six-stage/time-to-convert", **Q1)
+    body = await worked.ok("analytics-b2b/time-to-convert", **Q1)
     assert (body["from_stage"], body["to_stage"]) == ("Awareness", "Customer")
     # Customers in Q1: L1 Jan02 -> Feb05 = 34d, L4 Feb03 -> Feb24 = 21d: median 27.5d;
     # p75 = 21d + 0.75 * 13d = 30.75d; p90 = 21d + 0.9 * 13d = 32.7d.
@@ -422,33 +422,33 @@ async def test_time_to_convert_with_trend_breakdown_and_accounts(worked: Worked)
     # Action -> Opportunity: L1 Jan06 -> Jan20 = 14d (January), L4 skipped both on Feb04
     # = 0 (February), L6 Feb09 -> Mar01 = 21d (March).
     action = await worked.ok(
-        "b2b-six-stage/time-to-convert", **Q1, from_stage="Action", to_stage="Opportunity"
+        "analytics-b2b/time-to-convert", **Q1, from_stage="Action", to_stage="Opportunity"
     )
     assert stats(action)[:2] == (3, 14 * DAY)
     assert [p["median_seconds"]["value"] for p in action["trend"]] == [14 * DAY, 0.0, 21 * DAY]
 
-    by_tier = await worked.ok("b2b-six-stage/time-to-convert", **Q1, breakdown="tier")
+    by_tier = await worked.ok("analytics-b2b/time-to-convert", **Q1, breakdown="tier")
     assert {s["value"]: stats(s)[:2] for s in by_tier["segments"]} == {
         "1": (1, 34 * DAY),
         "3": (1, 21 * DAY),
     }
     # Accounts: acme Jan02 (L1) -> Feb05 (L1) = 34d; beta Jan05 (L3) -> Feb24 (L4) = 50d.
-    accounts = await worked.ok("b2b-six-stage/time-to-convert", **Q1, unit="account")
+    accounts = await worked.ok("analytics-b2b/time-to-convert", **Q1, unit="account")
     assert stats(accounts)[:2] == (2, 42 * DAY)
 
     empty = await worked.ok(
-        "b2b-six-stage/time-to-convert",
+        "analytics-b2b/time-to-convert",
         **{"from": "2013-01-01T00:00:00Z", "to": "2013-02-01T00:00:00Z"},
     )
     assert stats(empty) == (0, None, None, None)
     assert empty["median_seconds"]["reason"] == "no unit reached Customer in the range"
 
     backwards = await worked.get(
-        "b2b-six-stage/time-to-convert", **Q1, from_stage="Customer", to_stage="Action"
+        "analytics-b2b/time-to-convert", **Q1, from_stage="Customer", to_stage="Action"
     )
     assert backwards.status_code == 422
     assert backwards.json()["error"]["details"][0]["field"] == "to_stage"
-    unknown = await worked.get("b2b-six-stage/time-to-convert", **Q1, from_stage="Nirvana")
+    unknown = await worked.get("analytics-b2b/time-to-convert", **Q1, from_stage="Nirvana")
     assert unknown.status_code == 404
     assert "Nirvana" in unknown.json()["error"]["message"]
     assert unknown.json()["error"]["details"][0]["field"] == "from_stage"
@@ -461,7 +461,7 @@ JUNE = {"from": "2012-06-01T00:00:00Z", "to": "2012-07-01T00:00:00Z"}
 
 
 async def test_who_left_engagement_last_month_and_to_where(worked: Worked) -> None:
-    body = await worked.ok("b2b-six-stage/transitions", **FEBRUARY, stage="Engagement")
+    body = await worked.ok("analytics-b2b/transitions", **FEBRUARY, stage="Engagement")
     (engagement,) = body["states"]
     # February: L5 exited Engagement to Disqualified (Feb01), L2 to Lost (Feb10); L6
     # advanced into it (Feb11). L6 leaves only on Mar01, outside the range.
@@ -474,7 +474,7 @@ async def test_who_left_engagement_last_month_and_to_where(worked: Worked) -> No
 
     # By industry: both who left are software (L2 acme, L5 gamma); L6 has no account.
     split = await worked.ok(
-        "b2b-six-stage/transitions", **FEBRUARY, stage="Engagement", breakdown="industry"
+        "analytics-b2b/transitions", **FEBRUARY, stage="Engagement", breakdown="industry"
     )
     assert {
         s["value"]: (s["states"][0]["entries"], s["states"][0]["departures"])
@@ -483,12 +483,12 @@ async def test_who_left_engagement_last_month_and_to_where(worked: Worked) -> No
         "software": (0, 2),
         None: (1, 0),
     }
-    us = await worked.ok("b2b-six-stage/transitions", **FEBRUARY, stage="Engagement", country="US")
+    us = await worked.ok("analytics-b2b/transitions", **FEBRUARY, stage="Engagement", country="US")
     assert (us["states"][0]["entries"], us["states"][0]["departures"]) == (0, 0)
 
 
 async def test_transitions_count_regressions_loops_and_exits(worked: Worked) -> None:
-    body = await worked.ok("decision-journey/transitions", **JUNE)
+    body = await worked.ok("analytics-dj/transitions", **JUNE)
     states = {s["state"]: s for s in body["states"]}
     assert list(states) == [
         "Consider",
@@ -520,7 +520,7 @@ async def test_transitions_count_regressions_loops_and_exits(worked: Worked) -> 
     assert (states["Churned"]["kind"], states["Churned"]["entries"]) == ("exit", 1)
     assert states["Bond"]["entries"] == states["Bond"]["departures"] == 0
 
-    daily = await worked.ok("decision-journey/transitions", **JUNE, period="day", stage="Consider")
+    daily = await worked.ok("analytics-dj/transitions", **JUNE, period="day", stage="Consider")
     entries = {
         p["period_start"][:10]: p["entries"] for p in daily["states"][0]["periods"] if p["entries"]
     }
@@ -531,39 +531,39 @@ async def test_transitions_count_regressions_loops_and_exits(worked: Worked) -> 
 async def test_bad_requests_answer_in_the_error_envelope(worked: Worked) -> None:
     cases: list[tuple[str, dict[str, Any], int, str]] = [
         ("nope/transitions", {}, 404, "funnel"),
-        ("b2b-six-stage/transitions", {"stage": "Nowhere"}, 404, "stage"),
-        ("b2b-six-stage/transitions", {"unit": "account"}, 422, "unit"),
-        ("b2b-six-stage/transitions", {"period": "year"}, 422, "period"),
-        ("b2b-six-stage/cohorts", {"breakdown": "zodiac"}, 422, "breakdown"),
-        ("b2b-six-stage/cohorts", {"unit": "team"}, 422, "unit"),
-        ("b2b-six-stage/cohorts", {"channel": "carrier_pigeon"}, 422, "channel.0"),
-        ("b2b-six-stage/cohorts", {"follow_days": 0}, 422, "follow_days"),
+        ("analytics-b2b/transitions", {"stage": "Nowhere"}, 404, "stage"),
+        ("analytics-b2b/transitions", {"unit": "account"}, 422, "unit"),
+        ("analytics-b2b/transitions", {"period": "year"}, 422, "period"),
+        ("analytics-b2b/cohorts", {"breakdown": "zodiac"}, 422, "breakdown"),
+        ("analytics-b2b/cohorts", {"unit": "team"}, 422, "unit"),
+        ("analytics-b2b/cohorts", {"channel": "carrier_pigeon"}, 422, "channel.0"),
+        ("analytics-b2b/cohorts", {"follow_days": 0}, 422, "follow_days"),
         (
-            "b2b-six-stage/cohorts",
+            "analytics-b2b/cohorts",
             {"from": "2012-03-01T00:00:00Z", "to": "2012-01-01T00:00:00Z"},
             422,
             "to",
         ),
         (
-            "b2b-six-stage/cohorts",
+            "analytics-b2b/cohorts",
             {"from": "2010-01-01T00:00:00Z", "to": "2012-06-01T00:00:00Z"},
             422,
             "to",
         ),
-        ("b2b-six-stage/cohorts", {"from": "2012-01-01T00:00:00"}, 422, "from"),
+        ("analytics-b2b/cohorts", {"from": "2012-01-01T00:00:00"}, 422, "from"),
         (
-            "b2b-six-stage/cohorts",
+            "analytics-b2b/cohorts",
             {"from": "2011-01-01T00:00:00Z", "to": "2012-06-01T00:00:00Z", "period": "day"},
             422,
             "period",
         ),
         (
-            "b2b-six-stage/summary",
+            "analytics-b2b/summary",
             {"from": "2009-01-01T00:00:00Z", "to": "2012-01-01T00:00:00Z"},
             422,
             "to",
         ),
-        ("b2b-six-stage/summary", {"breakdown": "zodiac"}, 422, "breakdown"),
+        ("analytics-b2b/summary", {"breakdown": "zodiac"}, 422, "breakdown"),
     ]
     for path, params, status, field in cases:
         response = await worked.get(path, **params)
@@ -582,7 +582,7 @@ def credits(body: dict[str, Any]) -> dict[str | None, float]:
 
 
 async def attribute(worked: Worked, **params: Any) -> dict[str, Any]:
-    body: dict[str, Any] = await worked.ok("b2b-six-stage/attribution", **{**Q1, **params})
+    body: dict[str, Any] = await worked.ok("analytics-b2b/attribution", **{**Q1, **params})
     # Every conversion hands out exactly 1 in credit.
     assert sum(c["credit"] for c in body["credits"]) == pytest.approx(body["conversions"])
     return body
@@ -690,7 +690,7 @@ async def test_attribution_breakdown_filters_and_accounts(worked: Worked) -> Non
     assert credits(linear)["email"] == round(1 / 9 + 2 / 6, 6)  # L1's download; L3's two
 
     empty = await worked.ok(
-        "b2b-six-stage/attribution",
+        "analytics-b2b/attribution",
         stage="Customer",
         **{"from": "2013-01-01T00:00:00Z", "to": "2013-02-01T00:00:00Z"},
     )
@@ -704,6 +704,6 @@ async def test_attribution_breakdown_filters_and_accounts(worked: Worked) -> Non
         ({"stage": "Customer", "half_life_days": 0}, 422, "half_life_days"),
     ]
     for params, status, field in bad:
-        response = await worked.get("b2b-six-stage/attribution", **params)
+        response = await worked.get("analytics-b2b/attribution", **params)
         assert response.status_code == status, response.text
         assert response.json()["error"]["details"][0]["field"] == field
