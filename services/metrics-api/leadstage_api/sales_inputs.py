@@ -10,11 +10,11 @@ the session; the request's unit of work commits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, String, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -53,19 +53,57 @@ async def _try_lock(session: AsyncSession, key: str) -> bool:
 # --- quotas -----------------------------------------------------------------------
 
 
+_Versioned = TypeVar("_Versioned", SalesQuota, MarketingSpend)
+
+
+async def _versions(
+    session: AsyncSession, model: type[_Versioned], key: Mapping[str, str], *, latest: bool
+) -> list[_Versioned]:
+    """A key's versions, oldest first (or only the latest one)."""
+    query = select(model).where(*(getattr(model, column) == value for column, value in key.items()))
+    if latest:
+        query = query.order_by(model.version.desc()).limit(1)
+    else:
+        query = query.order_by(model.version)
+    return list((await session.scalars(query)).all())
+
+
+async def _append_version(
+    session: AsyncSession,
+    caller: Caller,
+    model: type[_Versioned],
+    lock: str,
+    key: Mapping[str, str],
+    values: Mapping[str, Any],
+) -> tuple[_Versioned, bool]:
+    """The current version after the write, and whether the write added it: a write
+    equal to the current version adds nothing (a retried PUT is harmless)."""
+    await _lock(session, lock)
+    latest = await _versions(session, model, key, latest=True)
+    current = latest[0] if latest else None
+    if current is not None and all(getattr(current, k) == v for k, v in values.items()):
+        return current, False
+    added = model(
+        **key,
+        **values,
+        version=(current.version + 1) if current else 1,
+        written_by_token_id=caller.token_id,
+        written_by=caller.name,
+    )
+    session.add(added)
+    await session.flush()
+    await session.refresh(added)
+    return added, True
+
+
+# --- quotas -----------------------------------------------------------------------
+
+
 async def quota_versions(
     session: AsyncSession, owner_kind: str, owner_id: str, period: str
 ) -> list[SalesQuota]:
-    rows = await session.scalars(
-        select(SalesQuota)
-        .where(
-            SalesQuota.owner_kind == owner_kind,
-            SalesQuota.owner_id == owner_id,
-            SalesQuota.period == period,
-        )
-        .order_by(SalesQuota.version)
-    )
-    return list(rows.all())
+    key = {"owner_kind": owner_kind, "owner_id": owner_id, "period": period}
+    return await _versions(session, SalesQuota, key, latest=False)
 
 
 async def put_quota(
@@ -77,78 +115,35 @@ async def put_quota(
     quota: QuotaIn,
 ) -> tuple[SalesQuota, bool]:
     """The current version after the write, and whether the write added it."""
-    await _lock(session, f"quota:{owner_kind}:{owner_id}:{period}")
-    current = await session.scalar(
-        select(SalesQuota)
-        .where(
-            SalesQuota.owner_kind == owner_kind,
-            SalesQuota.owner_id == owner_id,
-            SalesQuota.period == period,
-        )
-        .order_by(SalesQuota.version.desc())
-        .limit(1)
+    return await _append_version(
+        session,
+        caller,
+        SalesQuota,
+        f"quota:{owner_kind}:{owner_id}:{period}",
+        {"owner_kind": owner_kind, "owner_id": owner_id, "period": period},
+        {"amount": quota.amount, "currency": quota.currency},
     )
-    if current is not None and (current.amount, current.currency) == (
-        quota.amount,
-        quota.currency,
-    ):
-        return current, False
-    added = SalesQuota(
-        owner_kind=owner_kind,
-        owner_id=owner_id,
-        period=period,
-        version=(current.version + 1) if current else 1,
-        amount=quota.amount,
-        currency=quota.currency,
-        written_by_token_id=caller.token_id,
-        written_by=caller.name,
-    )
-    session.add(added)
-    await session.flush()
-    await session.refresh(added)
-    return added, True
 
 
 # --- marketing spend --------------------------------------------------------------
 
 
 async def spend_versions(session: AsyncSession, period: str, channel: str) -> list[MarketingSpend]:
-    rows = await session.scalars(
-        select(MarketingSpend)
-        .where(MarketingSpend.period == period, MarketingSpend.channel == channel)
-        .order_by(MarketingSpend.version)
-    )
-    return list(rows.all())
+    key = {"period": period, "channel": channel}
+    return await _versions(session, MarketingSpend, key, latest=False)
 
 
 async def put_spend(
     session: AsyncSession, caller: Caller, period: str, channel: str, spend: SpendIn
 ) -> tuple[MarketingSpend, bool]:
-    await _lock(session, f"spend:{period}:{channel}")
-    current = await session.scalar(
-        select(MarketingSpend)
-        .where(MarketingSpend.period == period, MarketingSpend.channel == channel)
-        .order_by(MarketingSpend.version.desc())
-        .limit(1)
+    return await _append_version(
+        session,
+        caller,
+        MarketingSpend,
+        f"spend:{period}:{channel}",
+        {"period": period, "channel": channel},
+        {"amount": spend.amount, "currency": spend.currency},
     )
-    if current is not None and (current.amount, current.currency) == (
-        spend.amount,
-        spend.currency,
-    ):
-        return current, False
-    added = MarketingSpend(
-        period=period,
-        channel=channel,
-        version=(current.version + 1) if current else 1,
-        amount=spend.amount,
-        currency=spend.currency,
-        written_by_token_id=caller.token_id,
-        written_by=caller.name,
-    )
-    session.add(added)
-    await session.flush()
-    await session.refresh(added)
-    return added, True
 
 
 # --- deal forecasts ---------------------------------------------------------------
