@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage.db.models import ApiToken, WriteKey
+from leadstage.db.session import SessionFactory
 
 WRITE_KEY_PREFIX = "lsw_"
 API_TOKEN_PREFIX = "lst_"  # noqa: S105 - a prefix, not a secret
@@ -159,3 +162,47 @@ async def list_write_keys(session: AsyncSession) -> list[WriteKey]:
 
 async def list_api_tokens(session: AsyncSession) -> list[ApiToken]:
     return list((await session.scalars(select(ApiToken).order_by(ApiToken.id))).all())
+
+
+Found = TypeVar("Found")
+
+
+class CachedLookup(Generic[Found]):
+    """A credential lookup (``find_write_key``, ``find_api_token``) remembered for
+    ``ttl_seconds``, so that a request is not a database trip before its real work.
+
+    The price is that a revoked secret keeps working for up to ``ttl_seconds`` in a
+    process that saw it recently; 0 turns the cache off. Unknown secrets are cached too
+    (a client retrying a bad key costs nothing), and the cache is cleared when it grows
+    past ``max_entries``, so a flood of random secrets cannot grow it without bound.
+    Entries are keyed by the secret's hash: the secrets themselves are not kept.
+    """
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        find: Callable[[AsyncSession, str], Awaitable[Found | None]],
+        ttl_seconds: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._find = find
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, Found | None]] = {}
+
+    async def __call__(self, secret: str) -> Found | None:
+        now = self._clock()
+        key = hash_secret(secret)
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._sessions() as session:
+            found = await self._find(session, secret)
+        if self._ttl > 0:
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[key] = (now + self._ttl, found)
+        return found

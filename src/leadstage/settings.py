@@ -189,6 +189,12 @@ class ApiSettings(ServiceSettings):
 
     http_port: int = Field(default=8080, ge=1, le=65535)
     history_page_max: int = Field(default=500, ge=1)
+    token_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a verified API token is remembered (and so how long a "
+        "revocation may take to reach this process); 0 checks every request.",
+    )
     funnel_refresh_seconds: float = Field(
         default=10.0,
         gt=0,

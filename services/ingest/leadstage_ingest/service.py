@@ -36,7 +36,7 @@ from sqlalchemy import delete, text
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadstage.credentials import Source, find_write_key
+from leadstage.credentials import CachedLookup, Source, find_write_key
 from leadstage.db.models import IngestDedup
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.events import Account as AccountIn
@@ -92,21 +92,7 @@ class WriteKeys:
     """
 
     def __init__(self, sessions: SessionFactory, ttl_seconds: float) -> None:
-        self._sessions = sessions
-        self._ttl = ttl_seconds
-        self._cache: dict[str, tuple[float, Source | None]] = {}
-
-    async def lookup(self, secret: str) -> Source | None:
-        now = time.monotonic()
-        cached = self._cache.get(secret)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        async with self._sessions() as session:
-            source = await find_write_key(session, secret)
-        if len(self._cache) > 10_000:
-            self._cache.clear()  # bounded: a flood of bad keys cannot grow it
-        self._cache[secret] = (now + self._ttl, source)
-        return source
+        self.lookup = CachedLookup(sessions, find_write_key, ttl_seconds)
 
     async def authenticate(self, secret: str | None) -> Source:
         source = await self.lookup(secret) if secret else None

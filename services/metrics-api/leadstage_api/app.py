@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
+from leadstage.credentials import CachedLookup, find_api_token
 from leadstage.db.session import (
     SessionFactory,
     create_engine,
@@ -51,6 +52,9 @@ async def follow_active_versions(
 
 def create_app(settings: ApiSettings) -> FastAPI:
     database = create_engine(settings, application_name="leadstage-api")
+    single_statement_database = create_engine(
+        settings, application_name="leadstage-api-lookups", autocommit=True
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +62,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.settings = settings
         app.state.funnels = configured
         app.state.sessions = sessions = create_session_factory(database)
+        app.state.single_statement_database = single_statement_database
+        app.state.tokens = CachedLookup(sessions, find_api_token, settings.token_cache_seconds)
         stopping = asyncio.Event()
         refresher = asyncio.create_task(
             follow_active_versions(app, sessions, configured, settings, stopping),
@@ -69,6 +75,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             stopping.set()
             await asyncio.gather(refresher, return_exceptions=True)
             await database.dispose()
+            await single_statement_database.dispose()
 
     app = FastAPI(
         title="LeadStage metrics API",

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from leadstage.credentials import Caller, find_api_token
+from leadstage.credentials import CachedLookup, Caller
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.http import ApiError
 
@@ -25,9 +25,21 @@ async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(db_session)]
 
 
+async def single_statement_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A connection without a transaction (autocommit) and without the ORM, for the
+    lead lookups, which read with ONE statement: a statement sees one snapshot on its
+    own, and skipping BEGIN and COMMIT saves two of four round trips."""
+    database: AsyncEngine = request.app.state.single_statement_database
+    async with database.connect() as connection:
+        yield connection
+
+
+SingleStatementConnection = Annotated[AsyncConnection, Depends(single_statement_connection)]
+
+
 def require_scope(scope: str) -> Callable[..., Coroutine[Any, Any, Caller]]:
     async def caller(
-        session: Session,
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
         if credentials is None:
@@ -37,7 +49,8 @@ def require_scope(scope: str) -> Callable[..., Coroutine[Any, Any, Caller]]:
                 "A bearer token is required.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        found = await find_api_token(session, credentials.credentials)
+        tokens: CachedLookup[Caller] = request.app.state.tokens
+        found = await tokens(credentials.credentials)
         if found is None:
             raise ApiError(
                 status.HTTP_401_UNAUTHORIZED,

@@ -11,7 +11,7 @@ from leadstage.credentials import SCOPE_READ_LEADS, SCOPE_READ_METRICS, Caller
 from leadstage.funnels import DEFAULT_FUNNEL
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
 from leadstage_api import funnel_metrics, service
-from leadstage_api.dependencies import Session, require_scope
+from leadstage_api.dependencies import Session, SingleStatementConnection, require_scope
 from leadstage_api.periods import check_span
 from leadstage_api.schemas import FunnelSummary, LeadPage, LeadView
 from leadstage_api.segments import Segmentation, segmentation_params
@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1", tags=["leads"])
 )
 async def get_lead(
     request: Request,
-    session: Session,
+    connection: SingleStatementConnection,
     _: Annotated[Caller, Depends(require_scope(SCOPE_READ_LEADS))],
     lead_id: Annotated[str, Path(max_length=262, description="The lead's id (its lead key).")],
     funnel: Annotated[str, Query(max_length=100)] = DEFAULT_FUNNEL,
@@ -40,9 +40,12 @@ async def get_lead(
     check_funnel(request, funnel)
     # An id merged into another lead (an alias, a known lead absorbing an anonymous
     # one) answers with the lead it now belongs to.
-    canonical = await service.resolve_lead(session, "lead_id", lead_id) or lead_id
     lead = await service.get_lead(
-        session, canonical, funnel=funnel, history_limit=request.app.state.settings.history_page_max
+        connection,
+        "lead_id",
+        lead_id,
+        funnel=funnel,
+        history_limit=request.app.state.settings.history_page_max,
     )
     if lead is None:
         raise ApiError(status.HTTP_404_NOT_FOUND, "not_found", f"No lead {lead_id!r} in {funnel}.")
@@ -75,7 +78,7 @@ def check_funnel(request: Request, funnel: str) -> None:
 )
 async def find_leads(
     request: Request,
-    session: Session,
+    connection: SingleStatementConnection,
     _: Annotated[Caller, Depends(require_scope(SCOPE_READ_LEADS))],
     funnel: Annotated[str, Query(max_length=100)] = DEFAULT_FUNNEL,
     email: Annotated[str | None, Query(min_length=3, max_length=320)] = None,
@@ -92,10 +95,10 @@ async def find_leads(
             if email is not None
             else ("anonymous_id", str(anonymous_id))
         )
-        canonical = await service.resolve_lead(session, kind, value)
-        lead = canonical and await service.get_lead(
-            session,
-            canonical,
+        lead = await service.get_lead(
+            connection,
+            kind,
+            value,
             funnel=funnel,
             history_limit=request.app.state.settings.history_page_max,
         )
@@ -112,7 +115,7 @@ async def find_leads(
                 details=[ErrorDetail(field="stage", reason="not a stage or exit of the funnel")],
             )
     return await service.list_leads(
-        session, funnel=funnel, stage=stage, sales_ready=sales_ready, after=cursor, limit=limit
+        connection, funnel=funnel, stage=stage, sales_ready=sales_ready, after=cursor, limit=limit
     )
 
 
