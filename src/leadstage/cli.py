@@ -47,10 +47,23 @@ def _serve(role: str) -> int:
         asyncio.run(register_at_start(engine))
         app = create_engine_app(engine)
     else:
-        from leadstage_api.app import create_app as create_api
-
         settings = api = ApiSettings()
         configure_logging(settings.log_level, settings.log_format, service=role)
+        if api.http_workers > 1:
+            # Worker processes build their own app (settings from the same environment).
+            uvicorn.run(
+                "leadstage_api.app:create_app_from_environment",
+                factory=True,
+                workers=api.http_workers,
+                host=api.http_host,
+                port=api.http_port,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=30,
+            )
+            return 0
+        from leadstage_api.app import create_app as create_api
+
         app = create_api(api)
     port: int = getattr(settings, "http_port")  # noqa: B009 - every service class has one
     uvicorn.run(

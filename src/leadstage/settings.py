@@ -188,6 +188,13 @@ class ApiSettings(ServiceSettings):
     """`leadstage api`: lead lookups and funnel metrics."""
 
     http_port: int = Field(default=8080, ge=1, le=65535)
+    http_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes sharing the port (uvicorn workers). The API keeps no "
+        "state between requests, so lookups scale with processes up to the cores.",
+    )
     history_page_max: int = Field(default=500, ge=1)
     token_cache_seconds: float = Field(
         default=5.0,

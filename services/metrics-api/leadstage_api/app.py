@@ -22,6 +22,7 @@ from leadstage.db.session import (
 from leadstage.funnels import Funnel, FunnelDefinitionError
 from leadstage.funnels.registry import active_funnels
 from leadstage.http import RejectNulCharacters, health_router, install_error_handlers
+from leadstage.logs import configure_logging
 from leadstage.settings import ApiSettings
 from leadstage_api import accounts, analytics_router, sales
 from leadstage_api.dashboard import install_dashboard
@@ -93,3 +94,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(sales.router)
     app.include_router(health_router(lambda: {"database": lambda: ping(database)}))
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one worker process when ``LEADSTAGE_HTTP_WORKERS`` > 1."""
+    settings = ApiSettings()
+    configure_logging(settings.log_level, settings.log_format, service="api")
+    return create_app(settings)
