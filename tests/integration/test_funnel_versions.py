@@ -22,7 +22,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadstage.db.models import (
+    Account,
     FunnelVersion,
+    LeadAccount,
     LeadStage,
     OutboxRecord,
     ReplayChangedLead,
@@ -474,3 +476,100 @@ async def test_one_replay_per_funnel_at_a_time(
             {"lock": f"leadstage-replay:{name}"},
         )
         await other.commit()
+
+
+async def attach_accounts(sessions: SessionFactory, run: str, accounts: list[list[int]]) -> None:
+    """``run``'s leads (by number) in accounts acct00, acct01..., as ingest links them."""
+    async with unit_of_work(sessions) as session:
+        for number, contacts in enumerate(accounts):
+            account = f"{run}-acct{number:02d}"
+            session.add(Account(id=account, name=account))
+            await session.flush()
+            for lead in contacts:
+                session.add(
+                    LeadAccount(
+                        lead_id=f"{run}-L{lead:03d}", account_id=account, attached_by="explicit"
+                    )
+                )
+
+
+async def dump_accounts(sessions: SessionFactory, funnel: str, run: str) -> dict[str, list[Any]]:
+    """``run``'s account states and histories in ``funnel``, with ``run`` replaced. The
+    change ids are left out: they hash the funnel's name, which differs between runs."""
+    queries = {
+        "account_stages": "SELECT account_id, funnel_version, stage, stage_entered_at, contacts, "
+        "contacts_without_stage, contacts_by_stage, transitions, last_contact_at, "
+        "last_contact_lead, last_contact_source, last_contact_event_id FROM account_stages "
+        "WHERE funnel = :funnel AND account_id LIKE :accounts ORDER BY account_id",
+        "account_transitions": "SELECT account_id, seq, from_stage, to_stage, kind, lead_key, "
+        "source, event_id, event_type, occurred_at FROM account_transitions "
+        "WHERE funnel = :funnel AND account_id LIKE :accounts ORDER BY account_id, seq",
+    }
+    result: dict[str, list[Any]] = {}
+    async with sessions() as session:
+        for name, query in queries.items():
+            rows = await session.execute(text(query), {"funnel": funnel, "accounts": f"{run}-%"})
+            result[name] = [
+                [
+                    json.dumps(value, sort_keys=True)
+                    if isinstance(value, dict)
+                    else value.replace(run, "RUN")
+                    if isinstance(value, str)
+                    else value
+                    for value in row
+                ]
+                for row in rows
+            ]
+    return result
+
+
+async def test_the_switch_over_refolds_the_accounts_with_the_new_version(
+    environment: Environment, database: AsyncEngine, sessions: SessionFactory, tmp_path: Path
+) -> None:
+    name, run, clean = unique_funnel(), secrets.token_hex(3), secrets.token_hex(3)
+    write_funnel(tmp_path, V1, name)
+    settings = settings_for(environment, name, tmp_path)
+    await register_at_start(settings)
+    live = LiveFunnels(settings, sessions)
+    # Leads 40 and 41 only look, three times in three days: Seen in version 1, Keen in
+    # version 2, and so is their account (acct08), whichever contact leads it.
+    browsing = [
+        (f"L{lead:03d}", "page_view", DAY0 + timedelta(days=day, hours=lead - 40))
+        for lead in (40, 41)
+        for day in range(3)
+    ]
+    events = [*journeys(30, seed=11), *browsing]
+    groups = [[*range(first, min(first + 4, 30))] for first in range(0, 30, 4)]
+    for prefix in (run, clean):
+        await attach_accounts(sessions, prefix, [*groups, [40, 41]])
+    for batch in in_batches(records(run, events), 40):
+        await apply_live(sessions, live, batch)
+    before = await dump_accounts(sessions, name, run)
+    assert len(before["account_stages"]) == 9  # 30 contacts in accounts of 4, and acct08
+    assert {row[1] for row in before["account_stages"]} == {1}
+    assert before["account_stages"][8][:3] == ["RUN-acct08", 1, "Seen"]
+    async with sessions() as session:
+        outbox_before = await session.scalar(select(func.count()).select_from(OutboxRecord))
+
+    write_funnel(tmp_path, V2, name)
+    assert await live.reload()
+    await replay_funnel(database, settings, name, batch_leads=7)
+    async with sessions() as session:
+        added = await session.scalars(
+            select(OutboxRecord.payload).order_by(OutboxRecord.id).offset(outbox_before)
+        )
+        facts = [json.loads(payload)["event"] for payload in added]
+    # As for the leads, one fact announces the new version; the history is not re-sent.
+    assert facts == ["FunnelVersionActivated"]
+
+    v2_clean = parse_funnel(V2.format(name=f"{name}-clean"))
+    for batch in in_batches(records(clean, events), 40):
+        await apply_directly(sessions, v2_clean, batch)
+    after = await dump_accounts(sessions, name, run)
+    assert after == await dump_accounts(sessions, f"{name}-clean", clean)
+    assert {row[1] for row in after["account_stages"]} == {2}
+    assert after["account_stages"][8][:3] == ["RUN-acct08", 2, "Keen"]
+    assert [row[2:5] for row in after["account_transitions"] if row[0] == "RUN-acct08"] == [
+        [None, "Seen", "entered"],
+        ["Seen", "Keen", "advanced"],
+    ]

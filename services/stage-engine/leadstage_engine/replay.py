@@ -41,7 +41,9 @@ from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from leadstage.db.models import (
+    AccountStage,
     FunnelVersion,
+    LeadAccount,
     LeadScoreChange,
     LeadStage,
     LeadTransition,
@@ -57,6 +59,7 @@ from leadstage.db.session import SessionFactory, create_session_factory, unit_of
 from leadstage.funnels import Funnel, load_funnels
 from leadstage.funnels.registry import from_registry
 from leadstage.settings import ServiceSettings
+from leadstage_engine.accounts import refold_accounts
 from leadstage_engine.changes import change_id
 from leadstage_engine.processing import FoldedEvent, LeadTimeline, fold_all
 from leadstage_engine.versions import (
@@ -456,6 +459,30 @@ _SCORE_CHANGE_COLUMNS = (
 )
 
 
+ACCOUNTS_PER_REFOLD = 1000
+
+
+async def _refold_funnel_accounts(session: AsyncSession, funnel: Funnel) -> None:
+    """Fold every account of the funnel again from its contacts' new transitions.
+
+    An account's state is a pure function of its contacts' transitions (see
+    :mod:`leadstage_engine.accounts`), so after the switch the accounts must follow the
+    new version too: those with contacts in the funnel, and those that had a state in
+    it (whose contacts may all be gone). Nothing is published, as for the leads: the
+    one ``FunnelVersionActivated`` fact says that the history was recomputed.
+    """
+    with_contacts = (
+        select(LeadAccount.account_id)
+        .join(LeadStage, LeadStage.lead_key == LeadAccount.lead_id)
+        .where(LeadStage.funnel == funnel.name)
+    )
+    with_state = select(AccountStage.account_id).where(AccountStage.funnel == funnel.name)
+    accounts = sorted(set(await session.scalars(with_contacts.union(with_state))))
+    for start in range(0, len(accounts), ACCOUNTS_PER_REFOLD):
+        chunk = accounts[start : start + ACCOUNTS_PER_REFOLD]
+        await refold_accounts(session, [funnel], chunk, topic=None)
+
+
 async def _switch(
     session: AsyncSession, settings: ServiceSettings, funnel: Funnel, previous: int | None
 ) -> int:
@@ -492,6 +519,7 @@ async def _switch(
     leads = await session.scalar(
         select(func.count()).select_from(LeadStage).where(LeadStage.funnel == name)
     )
+    await _refold_funnel_accounts(session, funnel)
     for statement in _clear_shadow(name, version):
         await session.execute(statement)
 
