@@ -6,6 +6,7 @@ leadstage topics                     create the topics (idempotent)
 leadstage keys create|list|revoke    write keys for sources
 leadstage tokens create|list|revoke  API tokens for the metrics API
 leadstage replay --funnel NAME       recompute a funnel's states with a version, switch over
+leadstage rollup [--all]             bring the funnel summary's aggregates up to date
 leadstage services up|down|status    local PostgreSQL and Kafka (development)
 leadstage run                        everything, embedded (what `make run` does)
 """
@@ -273,6 +274,24 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollup(args: argparse.Namespace) -> int:
+    import time
+
+    from leadstage.rollup import drain
+
+    async def action(sessions: Any) -> int:
+        started = time.perf_counter()
+        outcome = await drain(sessions, limit=args.batch_leads, rebuild=args.all)
+        rebuilt = ", ".join(outcome.rebuilt) or "none"
+        _print(
+            f"rolled up {outcome.taken} changed leads ({outcome.changed} funnel facts changed); "
+            f"rebuilt: {rebuilt}; {time.perf_counter() - started:.1f}s"
+        )
+        return 0
+
+    return _with_database(action)
+
+
 def _services(args: argparse.Namespace) -> int:
     from leadstage.local import services
 
@@ -377,6 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-leads", type=_positive, default=500, help="leads per transaction (default 500)"
     )
     versions.set_defaults(handler=_replay)
+
+    rollup = commands.add_parser(
+        "rollup",
+        help="bring the funnel summary's aggregates up to date",
+        description="Roll up every lead marked as changed, until none is left (the engine "
+        "also does this every LEADSTAGE_ROLLUP_INTERVAL_SECONDS). A funnel with no aggregates "
+        "yet, or computed with another version, is rebuilt from its stored transitions.",
+    )
+    rollup.add_argument(
+        "--all", action="store_true", help="rebuild every funnel from scratch (a backfill)"
+    )
+    rollup.add_argument(
+        "--batch-leads", type=_positive, default=5000, help="leads per round (default 5000)"
+    )
+    rollup.set_defaults(handler=_rollup)
 
     services = commands.add_parser("services", help="local PostgreSQL and Kafka")
     services.set_defaults(handler=_services)

@@ -182,6 +182,15 @@ class EngineSettings(ServiceSettings):
         description="How often the engine looks for identity merges and account links "
         "committed after the events that caused them were folded.",
     )
+    rollup_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the engine rolls the changed leads up into the funnel "
+        "summary's aggregates (LEADSTAGE_ROLLUP_INTERVAL_SECONDS).",
+    )
+    rollup_batch_leads: int = Field(
+        default=5000, ge=1, description="Changed leads one rollup round takes at most."
+    )
 
 
 class ApiSettings(ServiceSettings):

@@ -71,6 +71,8 @@ async def test_the_summary_matches_the_hand_computed_figures(
                 funnels=[B2B],
                 outbox_topic="tests.unpublished.v1",
             )
+    # The summary reads the rollup (the engine's task would catch up within a second).
+    assert "rolled up" in leadstage_cli("rollup", env=stack.env)
     token = last_line(
         leadstage_cli(
             "tokens", "create", "--name", "metrics", "--scopes", "metrics:read", env=stack.env
@@ -98,6 +100,8 @@ async def test_the_summary_matches_the_hand_computed_figures(
         )
     assert response.status_code == 200, response.text
     body = response.json()
+    assert body["source"] == "rollup"
+    assert body["aggregated_through"] is not None
     stages = {s["stage"]: s for s in body["stages"]}
     assert body["leads"] == 1000
     assert body["exits"]["Lost"] == 5

@@ -28,6 +28,7 @@ from leadstage.db.models import Account, LeadAccount
 from leadstage.db.session import create_engine, create_session_factory, unit_of_work
 from leadstage.events import Touchpoint, TouchpointIn
 from leadstage.funnels import load_presets
+from leadstage.rollup import drain
 from leadstage.transport.base import Record
 from leadstage_api import attribution, cohorts, funnel_metrics, timing, transitions_report
 from leadstage_api.attribution import By, Model
@@ -134,6 +135,7 @@ async def check(environment: Environment, leads: list[tuple[str | None, list[Any
                             attached_by="explicit",
                         )
                     )
+        await drain(sessions)  # the summary reads the rollup when b2b-six-stage has one
         async with unit_of_work(sessions) as session:
             await properties(session, span)
     finally:

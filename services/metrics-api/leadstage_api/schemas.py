@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,6 +72,17 @@ class FunnelSummary(BaseModel):
     )
     segments_omitted: int = Field(
         default=0, description="Segment values left out beyond the first 100 (by value)."
+    )
+    source: Literal["rollup", "raw"] = Field(
+        default="raw",
+        description="rollup: read from the incrementally maintained aggregates (unit lead, "
+        "no filter, a period on UTC midnights); raw: recomputed from the stored transitions "
+        "for this request.",
+    )
+    aggregated_through: datetime | None = Field(
+        default=None,
+        description="With source rollup: changes the stage engine committed before this "
+        "time are counted (the rollup runs every second or so); null with source raw.",
     )
 
 

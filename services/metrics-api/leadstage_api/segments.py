@@ -36,6 +36,8 @@ from sqlalchemy.dialects.postgresql import distinct_on
 
 from leadstage.db.models import Account, LeadAccount, LeadStage, StoredTouchpoint
 from leadstage.events import Channel
+from leadstage.firmographics import SIZE_BAND_FLOORS, SizeBand
+from leadstage.firmographics import size_band as size_band  # re-exported for tests
 from leadstage.funnels import Funnel
 from leadstage.http import ApiError, ErrorDetail
 
@@ -61,33 +63,6 @@ FIRST_TOUCH = frozenset({Dimension.CHANNEL, Dimension.CAMPAIGN, Dimension.SOURCE
 class Unit(StrEnum):
     LEAD = "lead"
     ACCOUNT = "account"
-
-
-class SizeBand(StrEnum):
-    """Company size by employee count; the bounds follow the fit score's (50, 200, 5000)."""
-
-    UP_TO_49 = "1-49"
-    FROM_50 = "50-199"
-    FROM_200 = "200-999"
-    FROM_1000 = "1000-4999"
-    FROM_5000 = "5000+"
-
-
-# (band, lowest employee count in it); a count of 0 falls in the first band.
-SIZE_BAND_FLOORS = (
-    (SizeBand.FROM_5000, 5000),
-    (SizeBand.FROM_1000, 1000),
-    (SizeBand.FROM_200, 200),
-    (SizeBand.FROM_50, 50),
-    (SizeBand.UP_TO_49, 0),
-)
-
-
-def size_band(employee_count: int | None) -> SizeBand | None:
-    """The band of an employee count (the Python twin of the SQL CASE, for tests)."""
-    if employee_count is None:
-        return None
-    return next(band for band, floor in SIZE_BAND_FLOORS if employee_count >= floor)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from leadstage.db.partitions import maintain_touchpoint_partitions
 from leadstage.db.session import create_engine, create_session_factory, ping
 from leadstage.http import health_router, install_error_handlers
+from leadstage.rollup import roll_up_forever
 from leadstage.settings import EngineSettings
 from leadstage.transport import create_publisher, create_source
 from leadstage_engine.consumer import StageEngine
@@ -86,6 +87,16 @@ def create_app(settings: EngineSettings) -> FastAPI:
             maintain_touchpoint_partitions(sessions, partitions_stopping),
             name="touchpoint-partitions",
         )
+        # The funnel summary's aggregates follow the leads this process (and others) changed.
+        rollup_task = asyncio.create_task(
+            roll_up_forever(
+                sessions,
+                partitions_stopping,
+                every_seconds=settings.rollup_interval_seconds,
+                limit=settings.rollup_batch_leads,
+            ),
+            name="funnel-rollup",
+        )
         relay_tasks = [
             asyncio.create_task(
                 relay_forever(sessions, publisher, topic, relay_stopping),
@@ -125,7 +136,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
                     task.cancel()
                 await asyncio.gather(*webhook_tasks, return_exceptions=True)
             partitions_stopping.set()
-            await asyncio.gather(partitions_task, return_exceptions=True)
+            await asyncio.gather(partitions_task, rollup_task, return_exceptions=True)
             await publisher.stop()
             await database.dispose()
 

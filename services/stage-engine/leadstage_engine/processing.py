@@ -34,6 +34,7 @@ from leadstage.db.models import (
 from leadstage.events import Touchpoint
 from leadstage.funnels import Change, EventView, Funnel, LeadState
 from leadstage.http import validation_details
+from leadstage.rollup import mark_leads
 from leadstage.transport.base import Record, TopicPartition
 from leadstage_engine.accounts import LeadChanges, advance_accounts
 from leadstage_engine.changes import change_id
@@ -117,6 +118,7 @@ async def apply_batch(
     outcome.duplicates = len(parsed) - len(fresh)
     if fresh:
         changes = await _advance_leads(session, funnels, fresh, outbox_topic)
+        await mark_leads(session, changes.leads)  # for the funnel summary's rollup
         outcome.transitions = sum(len(t) for t in changes.transitions.values())
         outcome.account_transitions = await advance_accounts(
             session, funnels, changes, account_topic
@@ -688,6 +690,7 @@ async def sweep_merges(
     )
     if targets:
         changes = await _advance_leads(session, funnels, [], outbox_topic, canonical=targets)
+        await mark_leads(session, changes.leads)
         await advance_accounts(session, funnels, changes, account_topic)
         logger.info("applied identity merges into %s leads", len(targets))
     if len(targets) == limit or started is None:

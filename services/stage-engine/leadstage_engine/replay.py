@@ -58,6 +58,7 @@ from leadstage.db.models import (
 from leadstage.db.session import SessionFactory, create_session_factory, unit_of_work
 from leadstage.funnels import Funnel, load_funnels
 from leadstage.funnels.registry import from_registry
+from leadstage.rollup import invalidate as invalidate_rollup
 from leadstage.settings import ServiceSettings
 from leadstage_engine.accounts import refold_accounts
 from leadstage_engine.changes import change_id
@@ -492,6 +493,7 @@ async def _switch(
     Returns the number of leads the funnel now has.
     """
     name, version = funnel.name, funnel.version
+    await invalidate_rollup(session, name)  # the summary's rollup is rebuilt from these rows
     for model in (LeadScoreChange, LeadTransition, LeadStage):
         await session.execute(delete(model).where(model.funnel == name))
     stage = table(ReplayLeadStage)

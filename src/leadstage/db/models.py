@@ -645,3 +645,124 @@ Index(
     StoredTouchpoint.occurred_at,
     postgresql_where=FORECAST_EVENTS_PREDICATE,
 )
+
+
+# --- Funnel summary rollup (issue #5, migration 0015) --------------------------------
+# The funnel summary reads these instead of recomputing every lead from its transitions;
+# leadstage.rollup keeps them equal to that recomputation (see docs/architecture.md).
+
+
+class RollupDirtyLead(Base):
+    """A lead whose contribution to the rollup may have changed since it was last rolled up.
+
+    Marked in the transaction of the change (engine batch, merge, replay, account link or
+    firmographics); taken and deleted by :func:`leadstage.rollup.roll_up`.
+    """
+
+    __tablename__ = "rollup_dirty_leads"
+
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    marked_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class FunnelRollup(Base):
+    """A funnel the rollup maintains, and the definition its figures were computed with.
+
+    The summary reads the rollup only when ``fingerprint`` is its own funnel's: a
+    replay's switch-over deletes the row, and the next round rebuilds the funnel.
+    """
+
+    __tablename__ = "funnel_rollups"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    funnel_version: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    rebuilt_at: Mapped[datetime] = mapped_column(Timestamp)
+    # The start of the last round that found no more pending leads: changes committed
+    # before it are counted.
+    aggregated_through: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class LeadFunnelFact(Base):
+    """What one lead contributes to a funnel's summary, as of its last roll-up."""
+
+    __tablename__ = "lead_funnel_facts"
+
+    funnel: Mapped[str] = mapped_column(String(100), primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    entered_at: Mapped[datetime] = mapped_column(Timestamp)  # first transition in the funnel
+    entered_day: Mapped[date] = mapped_column(Date)  # its UTC date
+    furthest_position: Mapped[int] = mapped_column(Integer)  # 0-based, exits have none
+    current_state: Mapped[str | None] = mapped_column(String(100))  # stage or exit now
+    last_touch_at: Mapped[datetime] = mapped_column(Timestamp)
+    # In an exit (or in no stage): never "in progress", whatever its last touch.
+    exited: Mapped[bool] = mapped_column()
+    account_id: Mapped[str | None] = mapped_column(String(262))
+    industry: Mapped[str | None] = mapped_column(Text)
+    size_band: Mapped[str | None] = mapped_column(Text)
+    country: Mapped[str | None] = mapped_column(Text)
+    tier: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(Text)
+    campaign: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        # The summary's "in progress" count reads only the recently touched leads still
+        # in a stage, from the index alone.
+        Index(
+            "ix_lead_funnel_facts_active",
+            "funnel",
+            "last_touch_at",
+            postgresql_where=text("NOT exited"),
+            postgresql_include=[
+                "entered_at",
+                "furthest_position",
+                "industry",
+                "size_band",
+                "country",
+                "tier",
+                "channel",
+                "campaign",
+                "source",
+            ],
+        ),
+    )
+
+
+class FunnelStageCount(Base):
+    """Leads of a funnel by entry day, furthest stage and current state, in total
+    (``dimension`` '') and per value of each breakdown dimension (NULL: no value)."""
+
+    __tablename__ = "funnel_stage_counts"
+
+    funnel: Mapped[str] = mapped_column(String(100))
+    dimension: Mapped[str] = mapped_column(String(20))
+    entered_day: Mapped[date] = mapped_column(Date)
+    value: Mapped[str | None] = mapped_column(Text)
+    furthest_position: Mapped[int] = mapped_column(Integer)
+    current_state: Mapped[str | None] = mapped_column(String(100))
+    units: Mapped[int] = mapped_column(BigInteger)  # > 0: a row reaching 0 is deleted
+
+    __table_args__ = (
+        Index(
+            "ix_funnel_stage_counts_key",
+            "funnel",
+            "dimension",
+            "entered_day",
+            "value",
+            "furthest_position",
+            "current_state",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
+    __mapper_args__ = {  # noqa: RUF012 - SQLAlchemy's declarative attribute
+        "primary_key": [
+            funnel,
+            dimension,
+            entered_day,
+            value,
+            furthest_position,
+            current_state,
+        ]
+    }

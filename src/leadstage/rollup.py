@@ -1,0 +1,464 @@
+"""The funnel summary rollup: per-lead facts and counts per funnel, day and segment,
+kept equal to a recomputation from the stored transitions.
+
+Writers *mark* the leads whose contribution may have changed
+(:func:`mark_leads`, :func:`mark_account_contacts`, in the transaction of the change:
+the engine's batch and merge sweep, ingest's account links and firmographics) or
+*invalidate* a whole funnel (:func:`invalidate`, a replay's switch-over). A rollup
+*round* (:func:`roll_up`, the engine's periodic task and ``leadstage rollup``):
+
+1. takes a transaction-level advisory lock, so rounds run one at a time (two engine
+   processes never apply deltas to the same counts concurrently);
+2. rebuilds, set-based, each funnel with an active version whose ``funnel_rollups``
+   row is missing or was computed with another definition;
+3. takes up to ``limit`` marked leads (``DELETE ... FOR UPDATE SKIP LOCKED``),
+   recomputes their facts from the current state (``lead_stages``, their
+   ``lead_transitions``, their first touchpoint, ``lead_accounts``/``accounts``),
+   compares them with the stored facts and applies the difference, -1 for the old
+   contribution and +1 for the new, to ``funnel_stage_counts`` in key order.
+
+A round's cost follows the marked leads, not the stored history. The facts follow the
+summary's definitions exactly (see ``leadstage_api.funnel_metrics`` and
+``leadstage_api.segments``): entry is the first transition into the funnel, the
+furthest stage is the furthest non-exit stage a transition reached, the current state
+is ``lead_stages.stage``, firmographics come from the lead's account and channel,
+campaign and source from its first stored touchpoint (by time, then source and event
+id).
+
+Marks are written with ``ON CONFLICT DO UPDATE``, not ``DO NOTHING``: the update locks
+an existing mark until the writer commits, so a round cannot take (and delete) the mark
+and then read the lead's state from before the writer's change; it skips the locked
+mark and the next round takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadstage.db.models import (
+    FunnelRollup,
+    FunnelVersion,
+    LeadFunnelFact,
+    table,
+)
+from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.firmographics import SIZE_BAND_FLOORS
+from leadstage.funnels import Funnel
+from leadstage.funnels.registry import from_registry
+
+logger = logging.getLogger(__name__)
+
+#: The breakdown dimensions the rollup counts by, in ``lead_funnel_facts`` column names
+#: (the metrics API's ``Dimension`` values); '' is the total.
+SEGMENT_COLUMNS = ("industry", "size_band", "country", "tier", "channel", "campaign", "source")
+TOTAL = ""
+DEFAULT_LIMIT = 5000
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('leadstage-rollup', 0))"
+
+
+# -- Marking ------------------------------------------------------------------------------
+
+
+async def mark_leads(session: AsyncSession, leads: Iterable[str]) -> None:
+    """Mark leads for the next round, in the caller's transaction (sorted: writers
+    marking overlapping leads lock them in one order)."""
+    keys = sorted(set(leads))
+    if not keys:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO rollup_dirty_leads (lead_key)"
+            " SELECT unnest(CAST(:leads AS text[])) ORDER BY 1"
+            " ON CONFLICT (lead_key) DO UPDATE SET marked_at = now()"
+        ),
+        {"leads": keys},
+    )
+
+
+async def mark_account_contacts(session: AsyncSession, accounts: Iterable[str]) -> None:
+    """Mark every contact of these accounts (their firmographics changed)."""
+    ids = sorted(set(accounts))
+    if not ids:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO rollup_dirty_leads (lead_key)"
+            " SELECT lead_id FROM lead_accounts WHERE account_id = ANY(CAST(:ids AS text[]))"
+            " ORDER BY 1"
+            " ON CONFLICT (lead_key) DO UPDATE SET marked_at = now()"
+        ),
+        {"ids": ids},
+    )
+
+
+async def invalidate(session: AsyncSession, funnel: str) -> None:
+    """Every lead of the funnel may have changed (a replay replaced them): the summary
+    reads the raw tables until the next round has rebuilt the funnel."""
+    # The rounds' lock: a round in progress finishes first, and the next one sees the
+    # replaced rows (a rebuild reading the rows from before could not be told apart).
+    await session.execute(text(_LOCK_SQL))
+    await session.execute(delete(FunnelRollup).where(FunnelRollup.funnel == funnel))
+
+
+# -- Computing facts -----------------------------------------------------------------------
+
+_SIZE_BAND = (
+    "CASE "
+    + " ".join(
+        f"WHEN a.employee_count >= :floor_{n} THEN :band_{n}" for n in range(len(SIZE_BAND_FLOORS))
+    )
+    + " END"
+)
+_SIZE_BAND_PARAMS = {
+    **{f"floor_{n}": floor for n, (_, floor) in enumerate(SIZE_BAND_FLOORS)},
+    **{f"band_{n}": str(band) for n, (band, _) in enumerate(SIZE_BAND_FLOORS)},
+}
+_FACT_COLUMNS = (
+    "lead_key",
+    "entered_at",
+    "entered_day",
+    "furthest_position",
+    "current_state",
+    "last_touch_at",
+    "exited",
+    "account_id",
+    *SEGMENT_COLUMNS,
+)
+
+
+def _facts_sql(*, every_lead: bool) -> str:
+    """Each lead's facts in one funnel: for the leads ``:leads``, or every lead (a rebuild,
+    with the first touches from one ordered pass over the touchpoints)."""
+    only = "" if every_lead else " AND t.lead_key = ANY(CAST(:leads AS text[]))"
+    if every_lead:
+        first_touch = (
+            " LEFT JOIN (SELECT DISTINCT ON (lead_key) lead_key,"
+            "  payload ->> 'channel' AS channel, payload #>> '{utm,name}' AS campaign,"
+            "  payload #>> '{utm,source}' AS source"
+            "  FROM touchpoints ORDER BY lead_key, occurred_at, source, event_id) ft"
+            " ON ft.lead_key = m.lead_key"
+        )
+    else:
+        first_touch = (
+            " LEFT JOIN LATERAL (SELECT tp.payload ->> 'channel' AS channel,"
+            "  tp.payload #>> '{utm,name}' AS campaign,"
+            "  tp.payload #>> '{utm,source}' AS source"
+            "  FROM touchpoints tp WHERE tp.lead_key = m.lead_key"
+            "  ORDER BY tp.occurred_at, tp.source, tp.event_id LIMIT 1) ft ON true"
+        )
+    return (
+        "WITH moves AS ("  # noqa: S608 - constants only, values bound
+        " SELECT t.lead_key, min(t.occurred_at) AS entered_at,"
+        "  max(array_position(CAST(:stages AS text[]), t.to_stage::text)) - 1"
+        "   AS furthest_position"
+        " FROM lead_transitions t WHERE t.funnel = :funnel" + only + " GROUP BY t.lead_key)"
+        " SELECT m.lead_key, m.entered_at, (m.entered_at AT TIME ZONE 'UTC')::date AS entered_day,"
+        "  m.furthest_position, s.stage AS current_state, s.last_touch_at,"
+        "  coalesce(s.stage = ANY(CAST(:exits AS text[])), true) AS exited,"
+        "  la.account_id, a.industry, " + _SIZE_BAND + " AS size_band,"
+        "  a.country, a.tier::text AS tier, ft.channel, ft.campaign, ft.source"
+        " FROM moves m"
+        " JOIN lead_stages s ON s.funnel = :funnel AND s.lead_key = m.lead_key"
+        " LEFT JOIN lead_accounts la ON la.lead_id = m.lead_key"
+        " LEFT JOIN accounts a ON a.id = la.account_id"
+        + first_touch
+        + " WHERE m.furthest_position IS NOT NULL"
+    )
+
+
+def _funnel_params(funnel: Funnel) -> dict[str, Any]:
+    return {
+        "funnel": funnel.name,
+        "stages": list(funnel.stages),
+        "exits": sorted(funnel.exits),
+        **_SIZE_BAND_PARAMS,
+    }
+
+
+CountKey = tuple[str, date, str | None, int, str | None]  # dimension, day, value, furthest, state
+
+
+def _count_keys(fact: dict[str, Any]) -> list[CountKey]:
+    """The count rows one lead's facts add one unit to: the total and one per dimension."""
+    day, furthest, state = fact["entered_day"], fact["furthest_position"], fact["current_state"]
+    return [
+        (TOTAL, day, None, furthest, state),
+        *((column, day, fact[column], furthest, state) for column in SEGMENT_COLUMNS),
+    ]
+
+
+# -- Rounds ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RollupOutcome:
+    """What one round did."""
+
+    taken: int = 0  # marked leads taken
+    changed: int = 0  # (funnel, lead) facts written or removed
+    rebuilt: list[str] = field(default_factory=list)  # funnels rebuilt from scratch
+
+
+_DEFINITIONS: dict[str, Funnel] = {}  # fingerprint -> parsed definition
+
+
+async def _maintained_funnels(session: AsyncSession) -> list[tuple[Funnel, int]]:
+    """Every funnel with an active version in the registry, at that version."""
+    rows = await session.scalars(
+        select(FunnelVersion).where(FunnelVersion.status == "active").order_by(FunnelVersion.funnel)
+    )
+    funnels: list[tuple[Funnel, int]] = []
+    for row in rows:
+        definition = _DEFINITIONS.get(row.fingerprint)
+        if definition is None:
+            definition = _DEFINITIONS[row.fingerprint] = from_registry(row)
+        funnels.append((definition, row.version))
+    return funnels
+
+
+async def roll_up(session: AsyncSession, *, limit: int = DEFAULT_LIMIT) -> RollupOutcome:
+    """One round, in the caller's transaction (see the module's description)."""
+    await session.execute(text(_LOCK_SQL))
+    outcome = RollupOutcome()
+    started = await session.scalar(select(func.now()))
+    funnels = await _maintained_funnels(session)
+    stored = {row.funnel: row.fingerprint for row in await session.scalars(select(FunnelRollup))}
+    for funnel, version in funnels:
+        if stored.get(funnel.name) != funnel.fingerprint:
+            await _rebuild(session, funnel, version)
+            outcome.rebuilt.append(funnel.name)
+    taken = list(
+        await session.scalars(
+            text(
+                "DELETE FROM rollup_dirty_leads WHERE lead_key IN ("
+                " SELECT lead_key FROM rollup_dirty_leads"
+                " FOR UPDATE SKIP LOCKED LIMIT :limit)"
+                " RETURNING lead_key"
+            ),
+            {"limit": limit},
+        )
+    )
+    outcome.taken = len(taken)
+    if taken:
+        for funnel, _ in funnels:
+            outcome.changed += await _refresh(session, funnel, sorted(taken))
+    if outcome.taken < limit:  # nothing was left behind: all committed before is counted
+        await session.execute(
+            update(FunnelRollup)
+            .where(FunnelRollup.funnel.in_([f.name for f, _ in funnels]))
+            .values(aggregated_through=started)
+        )
+    return outcome
+
+
+async def _rebuild(session: AsyncSession, funnel: Funnel, version: int) -> None:
+    """Recompute a funnel's facts and counts from scratch, set-based."""
+    params = _funnel_params(funnel)
+    await session.execute(delete(LeadFunnelFact).where(LeadFunnelFact.funnel == funnel.name))
+    await session.execute(
+        text("DELETE FROM funnel_stage_counts WHERE funnel = :funnel"), {"funnel": funnel.name}
+    )
+    await session.execute(
+        text(
+            f"INSERT INTO lead_funnel_facts (funnel, {', '.join(_FACT_COLUMNS)})"  # noqa: S608 - constants only, values bound
+            f" SELECT :funnel, {', '.join(_FACT_COLUMNS)} FROM ({_facts_sql(every_lead=True)}) f"
+        ),
+        params,
+    )
+    dimensions = ", ".join(
+        ["(:total, NULL::text)", *(f"('{column}', f.{column})" for column in SEGMENT_COLUMNS)]
+    )
+    await session.execute(
+        text(
+            "INSERT INTO funnel_stage_counts"  # noqa: S608 - constants only, values bound
+            " (funnel, dimension, entered_day, value, furthest_position, current_state, units)"
+            " SELECT f.funnel, d.dimension, f.entered_day, d.value, f.furthest_position,"
+            "  f.current_state, count(*)"
+            " FROM lead_funnel_facts f"
+            f" CROSS JOIN LATERAL (VALUES {dimensions}) d(dimension, value)"
+            " WHERE f.funnel = :funnel GROUP BY 1, 2, 3, 4, 5, 6"
+        ),
+        {"funnel": funnel.name, "total": TOTAL},
+    )
+    statement = insert(FunnelRollup)
+    await session.execute(
+        statement.values(
+            funnel=funnel.name,
+            funnel_version=version,
+            fingerprint=funnel.fingerprint,
+            rebuilt_at=func.now(),
+            aggregated_through=func.now(),
+        ).on_conflict_do_update(
+            index_elements=["funnel"],
+            set_={
+                "funnel_version": statement.excluded.funnel_version,
+                "fingerprint": statement.excluded.fingerprint,
+                "rebuilt_at": statement.excluded.rebuilt_at,
+                "aggregated_through": statement.excluded.aggregated_through,
+            },
+        )
+    )
+    logger.info("rolled up funnel %s version %s from scratch", funnel.name, version)
+
+
+async def _refresh(session: AsyncSession, funnel: Funnel, leads: Sequence[str]) -> int:
+    """Recompute these leads' facts in one funnel and apply the difference; returns the
+    number of leads whose facts changed."""
+    rows = await session.execute(
+        text(_facts_sql(every_lead=False)), {**_funnel_params(funnel), "leads": list(leads)}
+    )
+    new = {row["lead_key"]: dict(row) for row in rows.mappings()}
+    facts = table(LeadFunnelFact)
+    old: dict[str, dict[str, Any]] = {}
+    for row in (
+        await session.execute(
+            select(facts)
+            .where(facts.c.funnel == funnel.name, facts.c.lead_key.in_(leads))
+            .with_for_update()
+        )
+    ).mappings():
+        old[row["lead_key"]] = {column: row[column] for column in _FACT_COLUMNS}
+    deltas: dict[CountKey, int] = {}
+    changed: list[str] = []
+    for lead in leads:
+        before, after = old.get(lead), new.get(lead)
+        if before == after:
+            continue
+        changed.append(lead)
+        for fact, sign in ((before, -1), (after, 1)):
+            if fact is not None:
+                for key in _count_keys(fact):
+                    deltas[key] = deltas.get(key, 0) + sign
+    await _apply_deltas(session, funnel.name, {k: d for k, d in deltas.items() if d})
+    upserts = [{"funnel": funnel.name, **new[lead]} for lead in changed if lead in new]
+    gone = [lead for lead in changed if lead not in new]
+    if gone:
+        await session.execute(
+            delete(facts).where(facts.c.funnel == funnel.name, facts.c.lead_key.in_(gone))
+        )
+    if upserts:
+        statement = insert(facts)
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["funnel", "lead_key"],
+                set_={c: statement.excluded[c] for c in _FACT_COLUMNS if c != "lead_key"},
+            ),
+            upserts,
+        )
+    return len(changed)
+
+
+def _sort_key(key: CountKey) -> tuple[Any, ...]:
+    dimension, day, value, furthest, state = key
+    return (
+        dimension,
+        day,
+        value is not None,
+        value or "",
+        furthest,
+        state is not None,
+        state or "",
+    )
+
+
+async def _apply_deltas(session: AsyncSession, funnel: str, deltas: dict[CountKey, int]) -> None:
+    """Add the deltas to the counts (in key order) and delete the rows that reach 0."""
+    if not deltas:
+        return
+    keys = sorted(deltas, key=_sort_key)
+    columns = {
+        "dimensions": [k[0] for k in keys],
+        "days": [k[1] for k in keys],
+        "vals": [k[2] for k in keys],
+        "furthest": [k[3] for k in keys],
+        "states": [k[4] for k in keys],
+        "deltas": [deltas[k] for k in keys],
+    }
+    unnest = (
+        "unnest(CAST(:dimensions AS text[]), CAST(:days AS date[]), CAST(:vals AS text[]),"
+        " CAST(:furthest AS int[]), CAST(:states AS text[]), CAST(:deltas AS bigint[]))"
+        " WITH ORDINALITY AS z(dimension, entered_day, value, furthest_position,"
+        " current_state, units, n)"
+    )
+    await session.execute(
+        text(
+            "INSERT INTO funnel_stage_counts"  # noqa: S608 - constants only, values bound
+            " (funnel, dimension, entered_day, value, furthest_position, current_state, units)"
+            " SELECT :funnel, z.dimension, z.entered_day, z.value, z.furthest_position,"
+            f"  z.current_state, z.units FROM {unnest} ORDER BY z.n"
+            " ON CONFLICT (funnel, dimension, entered_day, value, furthest_position,"
+            "  current_state) DO UPDATE SET units = funnel_stage_counts.units + excluded.units"
+        ),
+        {"funnel": funnel, **columns},
+    )
+    if any(delta < 0 for delta in deltas.values()):
+        await session.execute(
+            text(
+                f"DELETE FROM funnel_stage_counts c USING {unnest}"  # noqa: S608 - constants only, values bound
+                " WHERE c.funnel = :funnel AND c.units = 0 AND z.units < 0"
+                " AND c.dimension = z.dimension AND c.entered_day = z.entered_day"
+                " AND c.value IS NOT DISTINCT FROM z.value"
+                " AND c.furthest_position = z.furthest_position"
+                " AND c.current_state IS NOT DISTINCT FROM z.current_state"
+            ),
+            {"funnel": funnel, **columns},
+        )
+
+
+# -- Running --------------------------------------------------------------------------------
+
+
+async def drain(
+    sessions: SessionFactory, *, limit: int = DEFAULT_LIMIT, rebuild: bool = False
+) -> RollupOutcome:
+    """Rounds until no marked lead is left (each its own transaction); ``rebuild``
+    first rebuilds every funnel from scratch (a backfill)."""
+    total = RollupOutcome()
+    if rebuild:
+        async with unit_of_work(sessions) as session:
+            await session.execute(text(_LOCK_SQL))
+            await session.execute(delete(FunnelRollup))
+    while True:
+        async with unit_of_work(sessions) as session:
+            outcome = await roll_up(session, limit=limit)
+        total.taken += outcome.taken
+        total.changed += outcome.changed
+        total.rebuilt.extend(outcome.rebuilt)
+        if outcome.taken < limit:
+            return total
+
+
+async def roll_up_forever(
+    sessions: SessionFactory,
+    stopping: asyncio.Event,
+    *,
+    every_seconds: float,
+    limit: int = DEFAULT_LIMIT,
+) -> None:
+    """The engine's periodic task: a round every ``every_seconds`` (at once again while
+    rounds come back full) until ``stopping`` is set."""
+    while not stopping.is_set():
+        full = False
+        try:
+            async with unit_of_work(sessions) as session:
+                outcome = await roll_up(session, limit=limit)
+            full = outcome.taken >= limit
+            if outcome.rebuilt:
+                logger.info("rollup rebuilt %s", ", ".join(outcome.rebuilt))
+        except Exception:
+            # Not fatal: the marks stay, and the summary reports how fresh it is.
+            logger.exception("funnel rollup round failed; retrying later")
+        if full:
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=every_seconds)
