@@ -208,19 +208,27 @@ async def dump(sessions: SessionFactory, funnel: str, run: str) -> dict[str, lis
     queries = {
         "lead_stages": "SELECT lead_key, funnel_version, stage, stage_entered_at, sales_ready, "
         "state, first_touch_at, last_touch_at, last_event_source, last_event_id "
-        "FROM lead_stages WHERE funnel = :funnel AND lead_key LIKE :leads ORDER BY lead_key",
+        "FROM lead_stages WHERE funnel = :funnel AND lead_key LIKE :keys ORDER BY lead_key",
         "lead_transitions": "SELECT lead_key, from_stage, to_stage, kind, rule, source, "
         "event_id, event_type, occurred_at FROM lead_transitions "
-        "WHERE funnel = :funnel AND lead_key LIKE :leads ORDER BY lead_key, id",
+        "WHERE funnel = :funnel AND lead_key LIKE :keys ORDER BY lead_key, id",
         "lead_score_changes": "SELECT lead_key, score, delta, value, rule, source, event_id, "
         "event_type, occurred_at FROM lead_score_changes "
-        "WHERE funnel = :funnel AND lead_key LIKE :leads ORDER BY lead_key, id",
+        "WHERE funnel = :funnel AND lead_key LIKE :keys ORDER BY lead_key, id",
     }
+    return await canonical_rows(sessions, queries, funnel, run)
+
+
+async def canonical_rows(
+    sessions: SessionFactory, queries: dict[str, str], funnel: str, run: str
+) -> dict[str, list[Any]]:
+    """Each query's rows for ``funnel`` and keys starting with ``run`` (``:funnel``,
+    ``:keys``), with ``run`` replaced, so two runs of the same journeys compare equal."""
     result: dict[str, list[Any]] = {}
     async with sessions() as session:
-        for table, query in queries.items():
-            rows = await session.execute(text(query), {"funnel": funnel, "leads": f"{run}-%"})
-            result[table] = [
+        for name, query in queries.items():
+            rows = await session.execute(text(query), {"funnel": funnel, "keys": f"{run}-%"})
+            result[name] = [
                 [
                     json.dumps(value, sort_keys=True).replace(run, "RUN")
                     if isinstance(value, dict)
@@ -500,27 +508,12 @@ async def dump_accounts(sessions: SessionFactory, funnel: str, run: str) -> dict
         "account_stages": "SELECT account_id, funnel_version, stage, stage_entered_at, contacts, "
         "contacts_without_stage, contacts_by_stage, transitions, last_contact_at, "
         "last_contact_lead, last_contact_source, last_contact_event_id FROM account_stages "
-        "WHERE funnel = :funnel AND account_id LIKE :accounts ORDER BY account_id",
+        "WHERE funnel = :funnel AND account_id LIKE :keys ORDER BY account_id",
         "account_transitions": "SELECT account_id, seq, from_stage, to_stage, kind, lead_key, "
         "source, event_id, event_type, occurred_at FROM account_transitions "
-        "WHERE funnel = :funnel AND account_id LIKE :accounts ORDER BY account_id, seq",
+        "WHERE funnel = :funnel AND account_id LIKE :keys ORDER BY account_id, seq",
     }
-    result: dict[str, list[Any]] = {}
-    async with sessions() as session:
-        for name, query in queries.items():
-            rows = await session.execute(text(query), {"funnel": funnel, "accounts": f"{run}-%"})
-            result[name] = [
-                [
-                    json.dumps(value, sort_keys=True)
-                    if isinstance(value, dict)
-                    else value.replace(run, "RUN")
-                    if isinstance(value, str)
-                    else value
-                    for value in row
-                ]
-                for row in rows
-            ]
-    return result
+    return await canonical_rows(sessions, queries, funnel, run)
 
 
 async def test_the_switch_over_refolds_the_accounts_with_the_new_version(
