@@ -16,10 +16,10 @@ about a rollup interval; the answer says which way it was computed and how fresh
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -224,7 +224,8 @@ def _summary(
         segments=None
         if segmentation.breakdown is None
         else [
-            SegmentSummary(value=value, **tally.figures().model_dump()) for value, tally in segments
+            SegmentSummary(value=value, leads=part.leads, exits=part.exits, stages=part.stages)
+            for value, part in ((value, tally.figures()) for value, tally in segments)
         ],
         segments_omitted=omitted,
         source=source,
@@ -406,7 +407,8 @@ async def _rollup_tallies(
     return total, tallies, aggregated_through
 
 
-class _Figures(BaseModel):
+@dataclass(frozen=True)
+class _Figures:
     leads: int
     exits: dict[str, int]
     stages: list[StageSummary]
