@@ -563,7 +563,9 @@ async def vacuum_rollup(dsn: str) -> None:
     try:
         # As autovacuum would have by now (the visibility map lets the summary's
         # in-progress count read the covering index alone).
-        await connection.execute("VACUUM (ANALYZE) lead_funnel_facts, funnel_stage_counts")
+        await connection.execute(
+            "VACUUM (ANALYZE) lead_funnel_facts, funnel_stage_counts, funnel_stage_month_counts"
+        )
     finally:
         await connection.close()
 

@@ -15,7 +15,9 @@ the engine's batch and merge sweep, ingest's account links and firmographics) or
    recomputes their facts from the current state (``lead_stages``, their
    ``lead_transitions``, their first touchpoint, ``lead_accounts``/``accounts``),
    compares them with the stored facts and applies the difference, -1 for the old
-   contribution and +1 for the new, to ``funnel_stage_counts`` in key order.
+   contribution and +1 for the new, to ``funnel_stage_counts`` in key order, and the
+   same deltas summed by month to ``funnel_stage_month_counts`` (a summary reads whole
+   months there and only its partial months by day).
 
 A round's cost follows the marked leads, not the stored history. The facts follow the
 summary's definitions exactly (see ``leadstage_api.funnel_metrics`` and
@@ -265,9 +267,11 @@ async def _rebuild(session: AsyncSession, funnel: Funnel, version: int) -> None:
     """Recompute a funnel's facts and counts from scratch, set-based."""
     params = _funnel_params(funnel)
     await session.execute(delete(LeadFunnelFact).where(LeadFunnelFact.funnel == funnel.name))
-    await session.execute(
-        text("DELETE FROM funnel_stage_counts WHERE funnel = :funnel"), {"funnel": funnel.name}
-    )
+    for counts in ("funnel_stage_counts", "funnel_stage_month_counts"):
+        await session.execute(
+            text(f"DELETE FROM {counts} WHERE funnel = :funnel"),  # noqa: S608 - constants only
+            {"funnel": funnel.name},
+        )
     await session.execute(
         text(
             f"INSERT INTO lead_funnel_facts (funnel, {', '.join(_FACT_COLUMNS)})"  # noqa: S608 - constants only, values bound
@@ -289,6 +293,16 @@ async def _rebuild(session: AsyncSession, funnel: Funnel, version: int) -> None:
             " WHERE f.funnel = :funnel GROUP BY 1, 2, 3, 4, 5, 6"
         ),
         {"funnel": funnel.name, "total": TOTAL},
+    )
+    await session.execute(
+        text(
+            "INSERT INTO funnel_stage_month_counts"
+            " (funnel, dimension, entered_month, value, furthest_position, current_state, units)"
+            " SELECT funnel, dimension, date_trunc('month', entered_day)::date, value,"
+            "  furthest_position, current_state, sum(units)"
+            " FROM funnel_stage_counts WHERE funnel = :funnel GROUP BY 1, 2, 3, 4, 5, 6"
+        ),
+        {"funnel": funnel.name},
     )
     statement = insert(FunnelRollup)
     await session.execute(
@@ -372,7 +386,26 @@ def _sort_key(key: CountKey) -> tuple[Any, ...]:
 
 
 async def _apply_deltas(session: AsyncSession, funnel: str, deltas: dict[CountKey, int]) -> None:
-    """Add the deltas to the counts (in key order) and delete the rows that reach 0."""
+    """Add the deltas to the day counts and, summed by month, to the month counts."""
+    monthly: dict[CountKey, int] = {}
+    for (dimension, day, value, furthest, state), delta in deltas.items():
+        key = (dimension, day.replace(day=1), value, furthest, state)
+        monthly[key] = monthly.get(key, 0) + delta
+    await _apply_to(session, funnel, deltas, "funnel_stage_counts", "entered_day")
+    await _apply_to(
+        session,
+        funnel,
+        {k: d for k, d in monthly.items() if d},
+        "funnel_stage_month_counts",
+        "entered_month",
+    )
+
+
+async def _apply_to(
+    session: AsyncSession, funnel: str, deltas: dict[CountKey, int], counts: str, period: str
+) -> None:
+    """Add the deltas to one counts table (in key order) and delete the rows that reach 0
+    (``counts`` and its ``period`` column are constants of this module)."""
     if not deltas:
         return
     keys = sorted(deltas, key=_sort_key)
@@ -387,26 +420,26 @@ async def _apply_deltas(session: AsyncSession, funnel: str, deltas: dict[CountKe
     unnest = (
         "unnest(CAST(:dimensions AS text[]), CAST(:days AS date[]), CAST(:vals AS text[]),"
         " CAST(:furthest AS int[]), CAST(:states AS text[]), CAST(:deltas AS bigint[]))"
-        " WITH ORDINALITY AS z(dimension, entered_day, value, furthest_position,"
+        f" WITH ORDINALITY AS z(dimension, {period}, value, furthest_position,"
         " current_state, units, n)"
     )
     await session.execute(
         text(
-            "INSERT INTO funnel_stage_counts"  # noqa: S608 - constants only, values bound
-            " (funnel, dimension, entered_day, value, furthest_position, current_state, units)"
-            " SELECT :funnel, z.dimension, z.entered_day, z.value, z.furthest_position,"
+            f"INSERT INTO {counts}"  # noqa: S608 - constants only, values bound
+            f" (funnel, dimension, {period}, value, furthest_position, current_state, units)"
+            f" SELECT :funnel, z.dimension, z.{period}, z.value, z.furthest_position,"
             f"  z.current_state, z.units FROM {unnest} ORDER BY z.n"
-            " ON CONFLICT (funnel, dimension, entered_day, value, furthest_position,"
-            "  current_state) DO UPDATE SET units = funnel_stage_counts.units + excluded.units"
+            f" ON CONFLICT (funnel, dimension, {period}, value, furthest_position,"
+            f"  current_state) DO UPDATE SET units = {counts}.units + excluded.units"
         ),
         {"funnel": funnel, **columns},
     )
     if any(delta < 0 for delta in deltas.values()):
         await session.execute(
             text(
-                f"DELETE FROM funnel_stage_counts c USING {unnest}"  # noqa: S608 - constants only, values bound
+                f"DELETE FROM {counts} c USING {unnest}"  # noqa: S608 - constants only, values bound
                 " WHERE c.funnel = :funnel AND c.units = 0 AND z.units < 0"
-                " AND c.dimension = z.dimension AND c.entered_day = z.entered_day"
+                f" AND c.dimension = z.dimension AND c.{period} = z.{period}"
                 " AND c.value IS NOT DISTINCT FROM z.value"
                 " AND c.furthest_position = z.furthest_position"
                 " AND c.current_state IS NOT DISTINCT FROM z.current_state"

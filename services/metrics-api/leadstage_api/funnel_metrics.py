@@ -15,29 +15,40 @@ about a rollup interval; the answer says which way it was computed and how fresh
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import functools
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    CompoundSelect,
+    Date,
+    DateTime,
+    Integer,
+    Select,
     String,
+    Table,
+    Text,
     and_,
+    bindparam,
     case,
     cast,
     func,
     literal,
     null,
+    or_,
     select,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from leadstage.db.models import (
     FunnelRollup,
     FunnelStageCount,
+    FunnelStageMonthCount,
     LeadFunnelFact,
     LeadStage,
     LeadTransition,
@@ -57,7 +68,7 @@ def ratio(numerator: int, denominator: int) -> Ratio:
 
 
 async def summary(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     funnel: Funnel,
     *,
     entered_from: datetime | None,
@@ -74,36 +85,33 @@ async def summary(
     account (unit ``account``) reached its furthest contact's furthest stage; it is
     now in its furthest contact's current stage (or, with every contact in an exit,
     in the exit its latest-moving contact took), and in progress while any contact is.
+
+    Each way is one statement (one snapshot), so ``session`` may be a connection
+    without a transaction.
     """
     segmentation = segmentation or Segmentation()
     if read_rollup and _rollup_answers(segmentation, entered_from, entered_to):
-        rollup = (
-            await session.execute(
-                select(FunnelRollup.fingerprint, FunnelRollup.aggregated_through).where(
-                    FunnelRollup.funnel == funnel.name
-                )
-            )
-        ).first()
-        if rollup is not None and rollup.fingerprint == funnel.fingerprint:
-            rolled_total, rolled = await _rollup_tallies(
-                session,
-                funnel,
-                segmentation,
-                entered_from=entered_from,
-                entered_to=entered_to,
-                active_since=as_of - window,
-            )
+        rolled = await _rollup_tallies(
+            session,
+            funnel,
+            segmentation,
+            entered_from=entered_from,
+            entered_to=entered_to,
+            active_since=as_of - window,
+        )
+        if rolled is not None:
+            rolled_total, rolled_segments, aggregated_through = rolled
             return _summary(
                 funnel,
                 segmentation,
                 rolled_total,
-                rolled,
+                rolled_segments,
                 entered_from=entered_from,
                 entered_to=entered_to,
                 as_of=as_of,
                 window=window,
                 source="rollup",
-                aggregated_through=rollup.aggregated_through,
+                aggregated_through=aggregated_through,
             )
     population = members(funnel, segmentation)
     stages = stage_positions(funnel)
@@ -216,7 +224,8 @@ def _summary(
         segments=None
         if segmentation.breakdown is None
         else [
-            SegmentSummary(value=value, **tally.figures().model_dump()) for value, tally in segments
+            SegmentSummary(value=value, leads=part.leads, exits=part.exits, stages=part.stages)
+            for value, part in ((value, tally.figures()) for value, tally in segments)
         ],
         segments_omitted=omitted,
         source=source,
@@ -243,75 +252,163 @@ def _rollup_answers(
     )
 
 
-async def _rollup_tallies(
-    session: AsyncSession,
-    funnel: Funnel,
-    segmentation: Segmentation,
-    *,
-    entered_from: datetime | None,
-    entered_to: datetime | None,
-    active_since: datetime,
-) -> tuple[_Tally, dict[str | None, _Tally]]:
-    """The tallies from the rollup, in one statement (one snapshot): the counts of the
-    period's entry days, and the leads still in a stage touched since ``active_since``."""
-    counts, facts = table(FunnelStageCount), table(LeadFunnelFact)
-    dimension = str(segmentation.breakdown) if segmentation.breakdown is not None else TOTAL
-    days = []
-    if entered_from is not None:
-        days.append(counts.c.entered_day >= entered_from.astimezone(UTC).date())
-    if entered_to is not None:
-        days.append(counts.c.entered_day < entered_to.astimezone(UTC).date())
-    entered = []
-    if entered_from is not None:
-        entered.append(facts.c.entered_at >= entered_from)
-    if entered_to is not None:
-        entered.append(facts.c.entered_at < entered_to)
-    segment: ColumnElement[Any] = facts.c[dimension] if dimension != TOTAL else cast(null(), String)
-    statement = union_all(
-        select(
-            counts.c.dimension.label("kind"),
-            counts.c.value,
-            counts.c.furthest_position,
-            counts.c.current_state,
-            cast(func.sum(counts.c.units), BigInteger).label("units"),
+_ACTIVE = "active"  # not a dimension's name
+_ROLLUP = "rollup"  # nor this
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.cache
+def _rollup_statement(dimension: str) -> CompoundSelect[Any]:
+    """The rollup's answer for one breakdown dimension (or the total), as one statement:
+    the funnel's ``funnel_rollups`` row (its definition and freshness), the counts of
+    the period's whole months and of its partial months' days, and the leads still in
+    a stage touched since ``:active_since``.
+
+    Built once per dimension with bind parameters only, so SQLAlchemy memoises its cache
+    key and compiled form: a request costs one round trip and no statement building.
+    Open period ends are bound as the first and last representable dates.
+    """
+    months, days = table(FunnelStageMonthCount), table(FunnelStageCount)
+    facts, rollups = table(LeadFunnelFact), table(FunnelRollup)
+    funnel = bindparam("funnel", type_=String)
+    wanted = (TOTAL, bindparam("dimension", type_=String))
+    segment: ColumnElement[Any] = facts.c[dimension] if dimension != TOTAL else cast(null(), Text)
+
+    def counted(counts: Table, *period: ColumnElement[bool]) -> Select[Any]:
+        return (
+            select(
+                counts.c.dimension.label("kind"),
+                counts.c.value,
+                counts.c.furthest_position,
+                counts.c.current_state,
+                cast(func.sum(counts.c.units), BigInteger).label("units"),
+            )
+            .where(counts.c.funnel == funnel, counts.c.dimension.in_(wanted), *period)
+            .group_by(
+                counts.c.dimension,
+                counts.c.value,
+                counts.c.furthest_position,
+                counts.c.current_state,
+            )
         )
-        .where(counts.c.funnel == funnel.name, counts.c.dimension.in_({TOTAL, dimension}), *days)
-        .group_by(
-            counts.c.dimension, counts.c.value, counts.c.furthest_position, counts.c.current_state
+
+    day = days.c.entered_day
+    return union_all(
+        select(
+            literal(_ROLLUP).label("kind"),
+            cast(rollups.c.fingerprint, Text),
+            cast(null(), Integer),
+            cast(null(), String),
+            cast(func.extract("epoch", rollups.c.aggregated_through) * 1_000_000, BigInteger),
+        ).where(rollups.c.funnel == funnel),
+        counted(
+            months,
+            months.c.entered_month >= bindparam("month_from", type_=Date),
+            months.c.entered_month < bindparam("month_to", type_=Date),
+        ),
+        counted(
+            days,
+            or_(
+                and_(
+                    day >= bindparam("day_from", type_=Date),
+                    day < bindparam("month_from", type_=Date),
+                ),
+                and_(
+                    day >= bindparam("month_to", type_=Date),
+                    day < bindparam("day_to", type_=Date),
+                ),
+            ),
         ),
         select(
             literal(_ACTIVE).label("kind"),
             segment,
             facts.c.furthest_position,
             cast(null(), String),
-            func.count(),
+            cast(func.count(), BigInteger),
         )
         .where(
-            facts.c.funnel == funnel.name,
+            facts.c.funnel == funnel,
             ~facts.c.exited,
-            facts.c.last_touch_at >= active_since,
-            *entered,
+            facts.c.last_touch_at >= bindparam("active_since", type_=DateTime(timezone=True)),
+            facts.c.entered_at >= bindparam("entered_from", type_=DateTime(timezone=True)),
+            facts.c.entered_at < bindparam("entered_to", type_=DateTime(timezone=True)),
         )
         .group_by(segment, facts.c.furthest_position),
     )
+
+
+def _period_bounds(entered_from: datetime | None, entered_to: datetime | None) -> dict[str, Any]:
+    """The bind parameters of a period on UTC midnights: its entry days [day_from,
+    day_to), read as whole months [month_from, month_to) and the days around them."""
+    day_from = entered_from.astimezone(UTC).date() if entered_from is not None else date.min
+    day_to = entered_to.astimezone(UTC).date() if entered_to is not None else date.max
+    month_from = day_from if day_from.day == 1 else _next_month(day_from)
+    month_to = day_to.replace(day=1) if entered_to is not None else date.max
+    if month_from >= month_to:  # no whole month: every day is read by day
+        month_from = month_to = day_to
+    return {
+        "day_from": day_from,
+        "month_from": month_from,
+        "month_to": month_to,
+        "day_to": day_to,
+        "entered_from": entered_from or datetime.min.replace(tzinfo=UTC),
+        "entered_to": entered_to or datetime.max.replace(tzinfo=UTC),
+    }
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
+
+
+async def _rollup_tallies(
+    session: AsyncSession | AsyncConnection,
+    funnel: Funnel,
+    segmentation: Segmentation,
+    *,
+    entered_from: datetime | None,
+    entered_to: datetime | None,
+    active_since: datetime,
+) -> tuple[_Tally, dict[str | None, _Tally], datetime] | None:
+    """The tallies from the rollup and how fresh it is; None if the funnel's rollup is
+    missing or was computed with another definition."""
+    dimension = str(segmentation.breakdown) if segmentation.breakdown is not None else TOTAL
+    rows = await session.execute(
+        _rollup_statement(dimension),
+        {
+            "funnel": funnel.name,
+            "dimension": dimension,
+            "active_since": active_since,
+            **_period_bounds(entered_from, entered_to),
+        },
+    )
     total = _Tally(funnel)
     tallies: dict[str | None, _Tally] = {}
-    for kind, value, position, state, units in await session.execute(statement):
+    aggregated_through: datetime | None = None
+    fingerprint: str | None = None
+    for kind, value, position, state, units in rows:
+        if kind == _ROLLUP:
+            fingerprint = value
+            aggregated_through = _EPOCH + timedelta(microseconds=units)
+            continue
+        if kind == TOTAL:
+            total.add(position, state, units, 0)
+            continue
+        tally = tallies.get(value)
+        if tally is None:
+            tally = tallies[value] = _Tally(funnel)
         if kind == _ACTIVE:
             total.add(position, None, 0, units)
             if segmentation.breakdown is not None:
-                tallies.setdefault(value, _Tally(funnel)).add(position, None, 0, units)
-        elif kind == TOTAL:
-            total.add(position, state, units, 0)
+                tally.add(position, None, 0, units)
         else:
-            tallies.setdefault(value, _Tally(funnel)).add(position, state, units, 0)
-    return total, tallies
+            tally.add(position, state, units, 0)
+    if fingerprint != funnel.fingerprint or aggregated_through is None:
+        return None
+    return total, tallies, aggregated_through
 
 
-_ACTIVE = "active"  # not a dimension's name
-
-
-class _Figures(BaseModel):
+@dataclass(frozen=True)
+class _Figures:
     leads: int
     exits: dict[str, int]
     stages: list[StageSummary]

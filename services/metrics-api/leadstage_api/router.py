@@ -11,7 +11,7 @@ from leadstage.credentials import SCOPE_READ_LEADS, SCOPE_READ_METRICS, Caller
 from leadstage.funnels import DEFAULT_FUNNEL
 from leadstage.http import ERROR_RESPONSES, ApiError, ErrorDetail, ErrorEnvelope
 from leadstage_api import funnel_metrics, service
-from leadstage_api.dependencies import Session, SingleStatementConnection, require_scope
+from leadstage_api.dependencies import SingleStatementConnection, require_scope
 from leadstage_api.periods import check_span
 from leadstage_api.schemas import FunnelSummary, LeadPage, LeadView
 from leadstage_api.segments import Segmentation, segmentation_params
@@ -137,7 +137,7 @@ async def find_leads(
 )
 async def funnel_summary(
     request: Request,
-    session: Session,
+    connection: SingleStatementConnection,
     _: Annotated[Caller, Depends(require_scope(SCOPE_READ_METRICS))],
     funnel: Annotated[str, Path(max_length=100)],
     entered_from: Annotated[datetime | None, Query(alias="from")] = None,
@@ -164,7 +164,7 @@ async def funnel_summary(
     if entered_from and entered_to:
         check_span(entered_from, entered_to)  # the analytics reports' two-year cap
     return await funnel_metrics.summary(
-        session,
+        connection,
         request.app.state.funnels[funnel],
         entered_from=entered_from,
         entered_to=entered_to,

@@ -766,3 +766,44 @@ class FunnelStageCount(Base):
             current_state,
         ]
     }
+
+
+class FunnelStageMonthCount(Base):
+    """``funnel_stage_counts`` summed by entry month (``entered_month``: the month's
+    first day), kept by the same rollup deltas: a summary over whole months reads one
+    row where the day counts hold up to 31 (only the period's partial months at either
+    end are read by day)."""
+
+    __tablename__ = "funnel_stage_month_counts"
+
+    funnel: Mapped[str] = mapped_column(String(100))
+    dimension: Mapped[str] = mapped_column(String(20))
+    entered_month: Mapped[date] = mapped_column(Date)
+    value: Mapped[str | None] = mapped_column(Text)
+    furthest_position: Mapped[int] = mapped_column(Integer)
+    current_state: Mapped[str | None] = mapped_column(String(100))
+    units: Mapped[int] = mapped_column(BigInteger)  # > 0: a row reaching 0 is deleted
+
+    __table_args__ = (
+        Index(
+            "ix_funnel_stage_month_counts_key",
+            "funnel",
+            "dimension",
+            "entered_month",
+            "value",
+            "furthest_position",
+            "current_state",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
+    __mapper_args__ = {  # noqa: RUF012 - SQLAlchemy's declarative attribute
+        "primary_key": [
+            funnel,
+            dimension,
+            entered_month,
+            value,
+            furthest_position,
+            current_state,
+        ]
+    }
