@@ -447,6 +447,9 @@ class Latencies:
 # the client never holds thousands of waiters in its connection pool (whose upkeep per
 # waiter would take CPU from the server on the same cores).
 IN_FLIGHT = 200
+# Keep-alive connections of the lookups' load generator: enough for 500/s at a few ms
+# each; more requests than that wait for a connection, and the wait is counted.
+LOOKUP_CONNECTIONS = 32
 
 
 async def open_loop(
@@ -513,10 +516,22 @@ async def lookup_runs(
         out.lookups[f"{name}{load.suffix}"] = run
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (the API's worker processes, if any)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += process_tree(int(child))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (its own threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process and its descendants have used."""
+    used = 0
+    for member in process_tree(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        used += int(fields[11]) + int(fields[12])
+    return used / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -570,6 +585,61 @@ async def vacuum_rollup(dsn: str) -> None:
         await connection.close()
 
 
+class KeepAliveClient:
+    """A minimal HTTP/1.1 GET client over a fixed set of keep-alive connections.
+
+    The lookups' load generator. httpx costs this process about a millisecond of CPU
+    per request; at 500/s on two shared cores the generator itself fell behind its
+    schedule (client timer lag p99 ~100 ms) and took the CPU the API needed. This
+    client writes a request line and headers and reads a Content-Length body: it
+    supports exactly what the API answers here, and is not a general HTTP client.
+    """
+
+    def __init__(self, base_url: str, headers: dict[str, str], connections: int) -> None:
+        host_port = base_url.removeprefix("http://").rstrip("/")
+        self._host, _, port = host_port.partition(":")
+        self._port = int(port or 80)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self._headers = f"Host: {host_port}\r\n{extra}"
+        self._size = connections
+        self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+        self._opened: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> KeepAliveClient:
+        for _ in range(self._size):
+            reader, writer = await asyncio.open_connection(self._host, self._port)
+            self._opened.append(writer)
+            self._idle.put_nowait((reader, writer))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for writer in self._opened:
+            writer.close()
+
+    async def get_status(self, path: str) -> int:
+        """GET ``path``; the response status (the body is read and dropped)."""
+        reader, writer = await self._idle.get()
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\n{self._headers}\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+        except BaseException:
+            writer.close()  # a broken connection is not given back
+            reader, writer = await asyncio.open_connection(self._host, self._port)
+            self._opened.append(writer)
+            raise
+        finally:
+            self._idle.put_nowait((reader, writer))
+        return status
+
+
 async def measure_api(
     base_url: str,
     token: str,
@@ -585,15 +655,15 @@ async def measure_api(
     async with httpx.AsyncClient(
         base_url=base_url, headers=headers, limits=limits, timeout=600
     ) as client:
+        async with KeepAliveClient(base_url, headers, LOOKUP_CONNECTIONS) as lookups:
 
-        async def lookup(key: str) -> bool:
-            try:
-                response = await client.get(f"/v1/leads/{key}")
-            except httpx.HTTPError:
-                return False
-            return response.status_code == 200
+            async def lookup(key: str) -> bool:
+                try:
+                    return await lookups.get_status(f"/v1/leads/{key}") == 200
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    return False
 
-        await lookup_runs("api", lookup, loads, out, pid)
+            await lookup_runs("api", lookup, loads, out, pid)
 
         params = {
             "breakdown": "industry",
@@ -768,11 +838,13 @@ def wait_ready(url: str) -> None:
 
 
 def memory_mb(pid: int) -> dict[str, float]:
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0]) / 1024
+    """RSS and peak RSS, summed over the process and its descendants."""
+    found = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in found:
+                found[name] += int(value.split()[0]) / 1024
     return found
 
 
@@ -807,6 +879,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="of lead lookups")
     parser.add_argument("--summary-runs", type=int, default=20)
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="API processes (LEADSTAGE_HTTP_WORKERS)"
+    )
     parser.add_argument("--duckdb-lookups", type=int, default=200)
     parser.add_argument(
         "--raw-summary-runs",
@@ -884,7 +959,14 @@ def main() -> None:
                 .splitlines()[-1]
             )
             port = free_port()
-            api = subprocess.Popen([*cli, "api"], env={**env, "LEADSTAGE_HTTP_PORT": str(port)})
+            api = subprocess.Popen(
+                [*cli, "api"],
+                env={
+                    **env,
+                    "LEADSTAGE_HTTP_PORT": str(port),
+                    "LEADSTAGE_HTTP_WORKERS": str(args.api_workers),
+                },
+            )
             base_url = f"http://127.0.0.1:{port}"
             wait_ready(f"{base_url}/readyz")
             print("measuring the api", flush=True)
@@ -947,7 +1029,10 @@ def main() -> None:
     print(f"summary answered from: {measured.source}")
     agree = measured.reached["api"] == measured.reached["postgres"] == measured.reached["duckdb"]
     print(f"reached-per-stage by industry agree (api, postgres, duckdb): {agree}")
-    print(f"api process memory: RSS {memory['VmRSS']:.0f} MB, peak {memory['VmHWM']:.0f} MB")
+    print(
+        f"api processes ({args.api_workers} worker(s)) memory: RSS {memory['VmRSS']:.0f} MB, "
+        f"peak {memory['VmHWM']:.0f} MB"
+    )
     if not agree:
         sys.exit("the three summaries disagree")
 
