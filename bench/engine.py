@@ -566,6 +566,9 @@ def main() -> None:
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument(
+        "--batch", type=int, default=500, help="the engine's LEADSTAGE_BATCH_MAX_RECORDS"
+    )
     parser.add_argument("--late", type=float, default=0.005, help="share of late arrivals")
     parser.add_argument(
         "--rate",
@@ -577,10 +580,9 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=20, help="events per ingest POST")
     parser.add_argument("--keep", action="store_true", help="keep the database and topics")
     parser.add_argument(
-        "--py-spy",
+        "--cprofile",
         metavar="FILE",
-        help="profile the engine during the throughput run with py-spy (on PATH): "
-        "collapsed stacks into FILE",
+        help="run the engine under cProfile, writing its stats to FILE when it exits",
     )
     args = parser.parse_args()
 
@@ -601,6 +603,7 @@ def main() -> None:
         "LEADSTAGE_TRANSPORT": "kafka",
         "LEADSTAGE_CONSUMER_GROUP": group,
         "LEADSTAGE_LOG_FORMAT": "text",
+        "LEADSTAGE_BATCH_MAX_RECORDS": str(args.batch),
     }
     topic = f"{prefix}touchpoints.v1"
     cli = [sys.executable, "-m", "leadstage"]
@@ -618,7 +621,7 @@ def main() -> None:
         print(f"produced to {topic} ({args.partitions} partitions) in {produce_s:.1f}s")
 
         read, ceiling_s = asyncio.run(
-            consume_ceiling(kafka.bootstrap_servers, topic, args.partitions, 500)
+            consume_ceiling(kafka.bootstrap_servers, topic, args.partitions, args.batch)
         )
         if read != args.events:
             raise RuntimeError(f"the ceiling consumer read {read} records, not {args.events}")
@@ -629,21 +632,14 @@ def main() -> None:
         engine_log = scratch / "engine.log"
         started_at = time.monotonic()
         with engine_log.open("wb") as output:
+            profile = ["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []
             engine = subprocess.Popen(
-                [*cli, "engine"],
+                [sys.executable, *profile, "-m", "leadstage", "engine"],
                 env={**env, "LEADSTAGE_HTTP_PORT": str(engine_port)},
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
         processes.append(engine)
-        if args.py_spy:
-            processes.append(
-                subprocess.Popen(
-                    ["py-spy", "record", "-p", str(engine.pid), "-o", args.py_spy, "-f", "raw"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
         run = asyncio.run(engine_throughput(dsn, group, args.events, engine, started_at))
         engine_rate = run.events / run.seconds
         print(
@@ -701,7 +697,9 @@ def main() -> None:
         peak_rss = run.rss.peak_mb
     finally:
         for process in reversed(processes):
-            stop(process)
+            # uvicorn re-raises the signal after its shutdown: SIGINT ends cProfile's run
+            # with KeyboardInterrupt (stats written), SIGTERM would kill it first.
+            stop(process, signal.SIGINT if args.cprofile else signal.SIGTERM)
         if not args.keep:
             postgres.drop_database(database)
             with contextlib.suppress(Exception):
@@ -709,7 +707,7 @@ def main() -> None:
     print()
     print(
         f"events={args.events:,} leads={args.leads:,} accounts={args.accounts:,} "
-        f"partitions={args.partitions} late={args.late}"
+        f"partitions={args.partitions} late={args.late} batch={args.batch}"
     )
     print(f"consume ceiling (bare aiokafka getmany): {ceiling:12,.0f} events/s")
     print(f"engine, Kafka -> committed PostgreSQL:   {engine_rate:12,.0f} events/s")
