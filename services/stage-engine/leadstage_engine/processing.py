@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import Table, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -127,6 +127,23 @@ async def apply_batch(
     return outcome
 
 
+_INSERT_TOUCHPOINTS = text(
+    "INSERT INTO touchpoints (event_id, lead_key, type, occurred_at, received_at, source,"
+    ' payload, topic, partition, "offset")'
+    " SELECT event_id, lead_key, type, occurred_at, received_at, source,"
+    ' CAST(payload AS jsonb), topic, partition, "offset"'
+    " FROM unnest(CAST(:event_ids AS text[]), CAST(:lead_keys AS text[]),"
+    " CAST(:types AS text[]), CAST(:occurred_ats AS timestamptz[]),"
+    " CAST(:received_ats AS timestamptz[]), CAST(:sources AS text[]),"
+    " CAST(:payloads AS text[]), CAST(:topics AS text[]), CAST(:partitions AS int[]),"
+    " CAST(:offsets AS bigint[]))"
+    " AS t(event_id, lead_key, type, occurred_at, received_at, source, payload, topic,"
+    ' partition, "offset")'
+    " ON CONFLICT (source, event_id, occurred_at) DO NOTHING"
+    " RETURNING source, event_id"
+)
+
+
 async def _store_touchpoints(
     session: AsyncSession, parsed: Sequence[tuple[Record, Touchpoint]]
 ) -> list[tuple[Touchpoint, Mapping[str, Any]]]:
@@ -155,13 +172,24 @@ async def _store_touchpoints(
                 "offset": record.offset,
             },
         )
-    # executemany form: SQLAlchemy batches it as "insertmanyvalues" with RETURNING,
-    # which compiles once instead of a statement per batch size.
+    # One statement over arrays: its text is the same for every batch size (prepared
+    # once per connection), and the driver binds ten arrays instead of ten parameters
+    # per row.
+    values = list(rows.values())
     inserted = await session.execute(
-        insert(StoredTouchpoint)
-        .on_conflict_do_nothing(index_elements=["source", "event_id", "occurred_at"])
-        .returning(StoredTouchpoint.source, StoredTouchpoint.event_id),
-        list(rows.values()),
+        _INSERT_TOUCHPOINTS,
+        {
+            "event_ids": [row["event_id"] for row in values],
+            "lead_keys": [row["lead_key"] for row in values],
+            "types": [str(row["type"]) for row in values],
+            "occurred_ats": [row["occurred_at"] for row in values],
+            "received_ats": [row["received_at"] for row in values],
+            "sources": [row["source"] for row in values],
+            "payloads": [json.dumps(row["payload"], separators=(",", ":")) for row in values],
+            "topics": [row["topic"] for row in values],
+            "partitions": [row["partition"] for row in values],
+            "offsets": [row["offset"] for row in values],
+        },
     )
     new_ids = {(source, event_id) for source, event_id in inserted}
     fresh: list[tuple[Touchpoint, Mapping[str, Any]]] = []
@@ -503,7 +531,12 @@ async def _advance_leads(
             StoredTouchpoint.payload,
         ).where(StoredTouchpoint.lead_key.in_(leads))
         if since is not None:
+            # Leads that continue their fold: their history only feeds the counted-window
+            # rules, which look at their own event types (full refolds need every event).
             query = query.where(StoredTouchpoint.occurred_at >= since - window)
+            types = counted_types(funnels)
+            if types is not None:
+                query = query.where(StoredTouchpoint.type.in_(sorted(types)))
         for lead, source, event_id, event_type, occurred_at, payload in await session.execute(
             query
         ):
@@ -617,18 +650,49 @@ async def _advance_leads(
             ),
             upserts,
         )
-    if transitions:
-        await session.execute(insert(table(LeadTransition)), transitions)
-    if score_changes:
-        await session.execute(insert(table(LeadScoreChange)), score_changes)
-    if outbox:
-        await session.execute(insert(table(OutboxRecord)), outbox)
+    await copy_rows(session, table(LeadTransition), transitions)
+    await copy_rows(session, table(LeadScoreChange), score_changes)
+    await copy_rows(session, table(OutboxRecord), outbox)
     return LeadChanges(
         leads=sorted({*lead_keys, *rehoming.absorbed}),
         transitions={key: fold.transitions for key, fold in folds.items() if fold.transitions},
         rewritten=rewritten,
         new={key for key in folds if key not in stored},
         merged=rehoming.absorbed,
+    )
+
+
+def counted_types(funnels: Sequence[Funnel]) -> frozenset[str] | None:
+    """The event types the funnels' counted-window rules count (None: any type)."""
+    types: set[str] = set()
+    for funnel in funnels:
+        for rule in funnel.rules:
+            count = rule.when.count
+            if count is None:
+                continue
+            counted = count.type if count.type is not None else rule.when.type
+            if counted is None:
+                return None
+            types.update(str(t) for t in counted)
+    return frozenset(types)
+
+
+async def copy_rows(session: AsyncSession, into: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append rows with one ``COPY`` on the session's connection, in its transaction.
+
+    A batch writes about a thousand score-log, transition and outbox rows; COPY sends
+    them in one round trip, without per-row statement parameters. Rows keep their
+    order, so serial ids are assigned as the equivalent ``INSERT`` would. Call it after
+    a statement of the transaction (the driver begins it with the first one)."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is None:
+        raise RuntimeError("the session's connection is closed")
+    await driver.copy_records_to_table(
+        into.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
     )
 
 
