@@ -28,9 +28,11 @@ def create_engine(
     """The service's connection pool. ``autocommit``: for single-statement reads, which
     need no BEGIN/COMMIT (a statement is its own snapshot), and whose pre-ping is then
     one round trip instead of three (BEGIN, ping, ROLLBACK)."""
+    # Other pools keep the server's default isolation level, as they always have.
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     return create_async_engine(
         str(settings.database_url),
-        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
+        **isolation,
         pool_size=settings.database_pool_size,
         pool_timeout=settings.database_pool_timeout_seconds,
         pool_pre_ping=True,
