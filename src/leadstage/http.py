@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -127,6 +128,20 @@ async def _on_http_error(_: Request, error: Exception) -> JSONResponse:
     )
 
 
+async def _on_pool_exhausted(request: Request, error: Exception) -> JSONResponse:
+    # Every connection of the pool stayed busy for the whole pool timeout: the database
+    # is the bottleneck right now, and a retry a moment later is the right answer.
+    logger.warning("no free database connection for %s %s", request.method, request.url.path)
+    return error_response(
+        ApiError(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "database_busy",
+            "Every database connection is busy; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    )
+
+
 async def _on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # The client learns nothing of the internals; the log has everything.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -139,6 +154,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(PoolTimeoutError, _on_pool_exhausted)
     app.add_exception_handler(Exception, _on_unexpected_error)
 
 

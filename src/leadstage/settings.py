@@ -38,7 +38,15 @@ class ServiceSettings(BaseSettings):
         ),
         description="SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
     )
-    database_pool_size: int = Field(default=5, ge=1, le=100)
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description=(
+            "Connections each pool keeps open. A pool opens no more than this: more "
+            "concurrent requests wait for a free connection (see the timeout)."
+        ),
+    )
     database_pool_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Wait this long for a free connection, then fail."
     )
