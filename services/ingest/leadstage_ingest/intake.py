@@ -35,6 +35,7 @@ from leadstage_ingest.validation import (
     may_contain_nul,
     parse_json,
     to_touchpoint,
+    to_touchpoints,
 )
 
 TouchpointBody = TouchpointIn
@@ -185,17 +186,19 @@ async def native_batch(
     intake: Intake, events: Sequence[Any], source: Source, *, body: bytes
 ) -> list[EventOutcome]:
     received_at = datetime.now(UTC)
-    check_nul = may_contain_nul(body)
+    validated = to_touchpoints(
+        events,
+        source=source.name,
+        received_at=received_at,
+        limits=intake.limits,
+        size_known_below=len(body),
+        check_nul=may_contain_nul(body),
+    )
     candidates = [
-        native_candidate(
-            e,
-            source.name,
-            received_at,
-            intake.limits,
-            size_known_below=len(body),
-            check_nul=check_nul,
-        )
-        for e in events
+        Candidate(raw=event, rejection=outcome)
+        if isinstance(outcome, Rejected)
+        else Candidate(raw=event, touchpoint=outcome)
+        for event, outcome in zip(events, validated, strict=True)
     ]
     return await intake.accept(candidates, source.name, intake="http")
 
