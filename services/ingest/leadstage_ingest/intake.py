@@ -6,10 +6,12 @@ with its field and reason, and the event goes to the dead-letter topic.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import status
 
 from leadstage.credentials import Source
@@ -33,6 +35,7 @@ from leadstage_ingest.validation import (
     may_contain_nul,
     parse_json,
     to_touchpoint,
+    to_touchpoints,
 )
 
 TouchpointBody = TouchpointIn
@@ -153,23 +156,51 @@ def batch_result(outcomes: Sequence[EventOutcome]) -> BatchResult:
     )
 
 
+def batch_result_json(outcomes: Sequence[EventOutcome]) -> bytes:
+    """``batch_result(outcomes)`` serialised, built without a model per event (same JSON)."""
+    counts = Counter(o.status for o in outcomes)
+    return orjson.dumps(
+        {
+            "accepted": counts["accepted"],
+            "duplicates": counts["duplicate"],
+            "rejected": counts["rejected"],
+            "results": [
+                {
+                    "index": i,
+                    "status": o.status,
+                    "event_id": o.event_id,
+                    "lead_id": o.lead_id,
+                    "error": (
+                        {"kind": o.kind, "field": o.field, "reason": o.reason or ""}
+                        if o.kind
+                        else None
+                    ),
+                }
+                for i, o in enumerate(outcomes)
+            ],
+        }
+    )
+
+
 async def native_batch(
     intake: Intake, events: Sequence[Any], source: Source, *, body: bytes
-) -> BatchResult:
+) -> list[EventOutcome]:
     received_at = datetime.now(UTC)
-    check_nul = may_contain_nul(body)
+    validated = to_touchpoints(
+        events,
+        source=source.name,
+        received_at=received_at,
+        limits=intake.limits,
+        size_known_below=len(body),
+        check_nul=may_contain_nul(body),
+    )
     candidates = [
-        native_candidate(
-            e,
-            source.name,
-            received_at,
-            intake.limits,
-            size_known_below=len(body),
-            check_nul=check_nul,
-        )
-        for e in events
+        Candidate(raw=event, rejection=outcome)
+        if isinstance(outcome, Rejected)
+        else Candidate(raw=event, touchpoint=outcome)
+        for event, outcome in zip(events, validated, strict=True)
     ]
-    return batch_result(await intake.accept(candidates, source.name, intake="http"))
+    return await intake.accept(candidates, source.name, intake="http")
 
 
 # -- Segment ----------------------------------------------------------------------------

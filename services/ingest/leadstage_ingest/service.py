@@ -34,7 +34,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from sqlalchemy import delete, text
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from leadstage.credentials import CachedLookup, Source, find_write_key
 from leadstage.db.models import IngestDedup
@@ -45,7 +45,16 @@ from leadstage.http import ApiError, ErrorDetail
 from leadstage.settings import IngestSettings
 from leadstage.transport.base import OutgoingRecord, Publisher, TransportUnavailableError
 from leadstage_ingest import metrics, segment
-from leadstage_ingest.identity import Alias, attach_accounts, resolve_leads
+from leadstage_ingest.identity import (
+    Alias,
+    Driver,
+    attach_accounts,
+    identifiers,
+    lock_names,
+    resolve_leads,
+    resolve_single_identifiers,
+    single_identifier,
+)
 from leadstage_ingest.validation import Limits, Rejected
 
 logger = logging.getLogger(__name__)
@@ -288,9 +297,12 @@ class Intake:
         sessions: SessionFactory,
         publisher: Publisher,
         dead_letters: DeadLetters,
+        *,
+        database: AsyncEngine,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        self._database = database  # the sessions' pool, for the raw asyncpg path
         self._publisher = publisher
         self.dead_letters = dead_letters
         self.limits = limits_from(settings)
@@ -369,48 +381,9 @@ class Intake:
         self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
     ) -> dict[int, EventOutcome]:
         try:
-            async with unit_of_work(self._sessions) as session:
-                # The accepted events are made durable by the event log's ack, not by
-                # this commit: waiting for PostgreSQL's WAL flush as well would double
-                # the latency. If the last few ms of claims are lost in a database
-                # crash, a client's retry is produced again and the engine, which
-                # stores each (source, event_id) once, ignores the repeat.
-                await session.execute(text("SET LOCAL synchronous_commit = off"))
-                fresh_ids = await claim_event_ids(session, [tp for _, _, tp in valid])
-                seen: set[tuple[str, str]] = set()
-                fresh: list[tuple[int, Candidate, Touchpoint]] = []
-                outcomes: dict[int, EventOutcome] = {}
-                for i, candidate, touchpoint in valid:
-                    key = (touchpoint.source, touchpoint.event_id)
-                    if key in fresh_ids and key not in seen:
-                        seen.add(key)
-                        fresh.append((i, candidate, touchpoint))
-                    else:
-                        outcomes[i] = EventOutcome("duplicate", event_id=touchpoint.event_id)
-                if not fresh:
-                    return outcomes
-                touchpoints = [tp for _, _, tp in fresh]
-                aliases = [Alias(tp.event_id, c.previous_id) for _, c, tp in fresh if c.previous_id]
-                leads = await resolve_leads(session, touchpoints, aliases)
-                accounts = await attach_accounts(session, touchpoints, leads)
-                resolved = [
-                    _resolved(tp, leads[tp.event_id], accounts.get(tp.event_id, tp.account))
-                    for tp in touchpoints
-                ]
-                started = time.perf_counter()
-                await self._publisher.publish(
-                    self._settings.touchpoints_topic,
-                    [
-                        OutgoingRecord(key=tp.lead_key.encode(), value=tp.to_record())
-                        for tp in resolved
-                    ],
-                )
-                metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
-                for (i, _, _), tp in zip(fresh, resolved, strict=True):
-                    outcomes[i] = EventOutcome(
-                        "accepted", event_id=tp.event_id, lead_id=tp.lead_key
-                    )
-                return outcomes
+            if all(single_identifier(tp) and c.previous_id is None for _, c, tp in valid):
+                return await self._accept_on_driver(valid)
+            return await self._accept_in_session(valid)
         except (TransportUnavailableError, SQLAlchemyTimeoutError) as error:
             unavailable = self._unavailable(
                 "The event log did not acknowledge the events; none was accepted. "
@@ -426,6 +399,89 @@ class Intake:
                 for i, _, tp in valid
             ]
             raise unavailable from error
+
+    async def _accept_in_session(
+        self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
+    ) -> dict[int, EventOutcome]:
+        """Any group: identity merges, aliases and accounts, through the ORM session."""
+        async with unit_of_work(self._sessions) as session:
+            # The accepted events are made durable by the event log's ack, not by
+            # this commit: waiting for PostgreSQL's WAL flush as well would double
+            # the latency. If the last few ms of claims are lost in a database
+            # crash, a client's retry is produced again and the engine, which
+            # stores each (source, event_id) once, ignores the repeat.
+            await session.execute(text("SET LOCAL synchronous_commit = off"))
+            fresh_ids = await claim_event_ids(session, [tp for _, _, tp in valid])
+            fresh, outcomes = _split_fresh(valid, fresh_ids)
+            if not fresh:
+                return outcomes
+            touchpoints = [tp for _, _, tp in fresh]
+            aliases = [Alias(tp.event_id, c.previous_id) for _, c, tp in fresh if c.previous_id]
+            leads = await resolve_leads(session, touchpoints, aliases)
+            accounts = await attach_accounts(session, touchpoints, leads)
+            resolved = [
+                _resolved(tp, leads[tp.event_id], accounts.get(tp.event_id, tp.account))
+                for tp in touchpoints
+            ]
+            await self._produce(fresh, resolved, outcomes)
+            return outcomes
+
+    async def _accept_on_driver(
+        self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
+    ) -> dict[int, EventOutcome]:
+        """The common group: each event has one identifier (a lead id or an anonymous id),
+        no email, account or alias, so no merge and no account can follow from it. Three
+        statements on the pool's asyncpg connection: claim and lock, owners, new
+        identities; the ORM session's per-statement work was most of a small group's CPU.
+        Same claims, same locks (in the same order) and the same resolution as the
+        session path, so both serialise with each other and with other processes."""
+        async with self._database.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver: Driver | None = raw.driver_connection
+            assert driver is not None  # noqa: S101 - a checked-out connection is open
+            async with driver.transaction():
+                fresh_ids = await claim_and_lock(driver, [tp for _, _, tp in valid])
+                fresh, outcomes = _split_fresh(valid, fresh_ids)
+                if not fresh:
+                    return outcomes
+                touchpoints = [tp for _, _, tp in fresh]
+                leads = await resolve_single_identifiers(driver, touchpoints)
+                resolved = [_resolved(tp, leads[tp.event_id], tp.account) for tp in touchpoints]
+                await self._produce(fresh, resolved, outcomes)
+                return outcomes
+
+    async def _produce(
+        self,
+        fresh: Sequence[tuple[int, Candidate, Touchpoint]],
+        resolved: Sequence[Touchpoint],
+        outcomes: dict[int, EventOutcome],
+    ) -> None:
+        """Hand the group to the event log and wait for its durable acknowledgement."""
+        started = time.perf_counter()
+        await self._publisher.publish(
+            self._settings.touchpoints_topic,
+            [OutgoingRecord(key=tp.lead_key.encode(), value=tp.to_record()) for tp in resolved],
+        )
+        metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
+        for (i, _, _), tp in zip(fresh, resolved, strict=True):
+            outcomes[i] = EventOutcome("accepted", event_id=tp.event_id, lead_id=tp.lead_key)
+
+
+def _split_fresh(
+    valid: Sequence[tuple[int, Candidate, Touchpoint]], fresh_ids: set[tuple[str, str]]
+) -> tuple[list[tuple[int, Candidate, Touchpoint]], dict[int, EventOutcome]]:
+    """The events this group claimed (the first of repeats inside it), and duplicates."""
+    seen: set[tuple[str, str]] = set()
+    fresh: list[tuple[int, Candidate, Touchpoint]] = []
+    outcomes: dict[int, EventOutcome] = {}
+    for i, candidate, touchpoint in valid:
+        key = (touchpoint.source, touchpoint.event_id)
+        if key in fresh_ids and key not in seen:
+            seen.add(key)
+            fresh.append((i, candidate, touchpoint))
+        else:
+            outcomes[i] = EventOutcome("duplicate", event_id=touchpoint.event_id)
+    return fresh, outcomes
 
 
 def _resolved(touchpoint: Touchpoint, lead: str, account: AccountIn | None) -> Touchpoint:
@@ -467,6 +523,42 @@ _CLAIM = text(
     "ON CONFLICT (source, event_id) DO NOTHING "
     "RETURNING source, event_id"
 )
+
+
+# The claim and the identity locks in one statement: the InitPlan (``SELECT count(*)
+# FROM claimed``) runs the claim to completion before the first lock, so a group still
+# claims its event ids before it locks identities, in sorted order, as the session path
+# does (no cycle between a group waiting for a claimed id and one waiting for a lock).
+# Identities of events that turn out duplicates are locked too: harmless, and the
+# owners are read by the next statement, whose snapshot then includes every commit of
+# a group that held those locks. synchronous_commit: see ``_accept_in_session``.
+_CLAIM_AND_LOCK = """
+WITH claimed AS (
+    INSERT INTO ingest_dedup (source, event_id)
+    SELECT * FROM unnest($1::text[], $2::text[])
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING source, event_id
+), locked AS MATERIALIZED (
+    SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) AS locks,
+           set_config('synchronous_commit', 'off', true) AS synchronous_commit
+    FROM (SELECT k FROM unnest($3::text[]) AS k ORDER BY k) AS names
+    WHERE (SELECT count(*) FROM claimed) >= 0
+)
+SELECT claimed.source, claimed.event_id FROM locked LEFT JOIN claimed ON true
+"""
+
+
+async def claim_and_lock(driver: Driver, touchpoints: Sequence[Touchpoint]) -> set[tuple[str, str]]:
+    """``claim_event_ids``, and the advisory locks of the events' identifiers, in one
+    round trip on a raw asyncpg connection inside its transaction."""
+    keys = sorted({(tp.source, tp.event_id) for tp in touchpoints})
+    rows = await driver.fetch(
+        _CLAIM_AND_LOCK,
+        [source for source, _ in keys],
+        [event_id for _, event_id in keys],
+        lock_names(key for tp in touchpoints for key in identifiers(tp)),
+    )
+    return {(row[0], row[1]) for row in rows if row[0] is not None}
 
 
 async def prune_dedup(session: AsyncSession, *, older_than: timedelta) -> int:
