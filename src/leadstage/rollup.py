@@ -144,10 +144,14 @@ def _facts_sql(*, every_lead: bool) -> str:
     only = "" if every_lead else " AND t.lead_key = ANY(CAST(:leads AS text[]))"
     if every_lead:
         first_touch = (
-            " LEFT JOIN (SELECT DISTINCT ON (lead_key) lead_key,"
-            "  payload ->> 'channel' AS channel, payload #>> '{utm,name}' AS campaign,"
-            "  payload #>> '{utm,source}' AS source"
-            "  FROM touchpoints ORDER BY lead_key, occurred_at, source, event_id) ft"
+            # Qualified: a bare ``source`` in ORDER BY would name the output column
+            # (the UTM source) rather than the touchpoint's source, and break ties on
+            # ``occurred_at`` differently from the incremental path and the raw reports.
+            " LEFT JOIN (SELECT DISTINCT ON (tp.lead_key) tp.lead_key,"
+            "  tp.payload ->> 'channel' AS channel, tp.payload #>> '{utm,name}' AS campaign,"
+            "  tp.payload #>> '{utm,source}' AS source"
+            "  FROM touchpoints tp"
+            "  ORDER BY tp.lead_key, tp.occurred_at, tp.source, tp.event_id) ft"
             " ON ft.lead_key = m.lead_key"
         )
     else:

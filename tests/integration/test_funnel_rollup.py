@@ -330,6 +330,36 @@ async def test_a_late_event_moves_the_lead_to_an_earlier_day_and_further_stage(
     assert after == expected
 
 
+async def test_touches_at_the_same_instant_break_the_tie_alike_in_a_rebuild(
+    rollup_sessions: SessionFactory,
+) -> None:
+    """Two first touches at one instant: the first by (time, source, event id) wins in
+    the incremental round, in a rebuild and in the recomputation alike. (The rebuild
+    once ordered by the UTM source, an output column named like the touchpoint's
+    source, and picked the other touch.)"""
+    run = secrets.token_hex(3)
+    base = window()
+    lead, at = f"{run}-tie", base + timedelta(days=1)
+    first = record(run, 0, lead, "page_view", at, channel="email", utm={"source": "zz"})
+    second = record(run, 1, lead, "page_view", at, channel="paid_search", utm={"source": "aa"})
+    await feed(rollup_sessions, [[first, second]], run)
+    await drain(rollup_sessions)
+    span = (base.date(), (base + timedelta(days=40)).date())
+    incremental = await counts(rollup_sessions, *span)
+    assert incremental[("channel", "email", at.date(), 0, "Awareness")] == 1
+    await drain(rollup_sessions, rebuild=True)
+    assert await counts(rollup_sessions, *span) == incremental
+    rolled, raw = await summaries(
+        rollup_sessions,
+        Segmentation(breakdown=Dimension.CHANNEL),
+        entered_from=datetime.combine(base.date(), datetime.min.time(), UTC),
+        entered_to=datetime.combine(span[1], datetime.min.time(), UTC),
+        as_of=base + timedelta(days=40),
+    )
+    assert rolled == raw
+    assert [segment["value"] for segment in raw["segments"]] == ["email"]
+
+
 async def test_a_merge_folds_the_absorbed_lead_into_the_canonical_one(
     rollup_sessions: SessionFactory,
 ) -> None:
