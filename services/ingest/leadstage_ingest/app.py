@@ -18,7 +18,6 @@ from pydantic import TypeAdapter
 from leadstage.credentials import allowed_origins
 from leadstage.db.session import (
     SessionFactory,
-    create_engine,
     create_session_factory,
     ping,
     unit_of_work,
@@ -33,6 +32,7 @@ from leadstage.http import (
 from leadstage.settings import IngestSettings
 from leadstage.transport import create_publisher
 from leadstage.transport.kafka import KafkaRecordSource
+from leadstage_ingest.database import create_ingest_engine
 from leadstage_ingest.raw_intake import RawIntake
 from leadstage_ingest.router import FAST_ROUTES, router
 from leadstage_ingest.schemas import EventBatch
@@ -59,7 +59,7 @@ class AllowedOrigins:
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
-    database = create_engine(settings, application_name="leadstage-ingest")
+    database = create_ingest_engine(settings)
     sessions = create_session_factory(database)
     publisher = create_publisher(settings, sessions)
 
