@@ -66,6 +66,10 @@ def may_contain_nul(raw: bytes) -> bool:
     return b"\\u0000" in raw or b"\x00" in raw
 
 
+#: What JSON parsing gives besides objects and arrays: nothing to walk into.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def check_structure(
     value: object, limits: Limits, path: str = "", *, check_nul: bool = True
 ) -> None:
@@ -73,6 +77,9 @@ def check_structure(
 
     ``check_nul=False`` when the raw bytes showed there can be none (see
     ``may_contain_nul``): then scalar values need no look at all, which is most of them.
+    Objects are tested as ``dict`` first (a C check), as ``Mapping`` only when they are
+    not one, and scalars by their exact type: the abstract class's ``isinstance`` on
+    every value was most of this walk's time.
     """
     counted = 0
 
@@ -91,7 +98,7 @@ def check_structure(
                     where or None,
                     "strings may not contain NUL characters",
                 )
-        elif isinstance(node, Mapping):
+        elif isinstance(node, dict | Mapping):
             counted += len(node)
             if counted > limits.max_properties:
                 raise Rejected(
@@ -106,11 +113,11 @@ def check_structure(
                         where or None,
                         "field names may not contain NUL characters",
                     )
-                if check_nul or isinstance(child, Mapping | list):
+                if check_nul or type(child) not in _SCALARS:
                     walk(child, f"{where}.{key}" if where else str(key), depth + 1)
         elif isinstance(node, list):
             for i, child in enumerate(node):
-                if check_nul or isinstance(child, Mapping | list):
+                if check_nul or type(child) not in _SCALARS:
                     walk(child, f"{where}.{i}" if where else str(i), depth + 1)
 
     walk(value, path, 0)
