@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
+from starlette.types import ASGIApp
 
 from leadstage.credentials import allowed_origins
 from leadstage.db.session import (
@@ -33,8 +34,9 @@ from leadstage.settings import IngestSettings
 from leadstage.transport import create_publisher
 from leadstage.transport.kafka import KafkaRecordSource
 from leadstage_ingest.database import create_ingest_engine
+from leadstage_ingest.hot_routes import HotRoutes, body_guards
 from leadstage_ingest.raw_intake import RawIntake
-from leadstage_ingest.router import FAST_ROUTES, router
+from leadstage_ingest.router import HOT_ROUTES, router
 from leadstage_ingest.schemas import EventBatch
 from leadstage_ingest.service import DeadLetters, Intake, RateLimits, WriteKeys, prune_dedup
 
@@ -116,16 +118,25 @@ def create_app(settings: IngestSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    body_limits = {
+        "/v1/events/batch": settings.max_batch_body_bytes,
+        "/v1/batch": settings.max_batch_body_bytes,
+    }
     app.add_middleware(RejectNulCharacters)
     app.add_middleware(
-        BodySizeLimitMiddleware,
-        max_bytes=settings.max_body_bytes,
-        per_path={
-            "/v1/events/batch": settings.max_batch_body_bytes,
-            "/v1/batch": settings.max_batch_body_bytes,
-        },
+        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, per_path=body_limits
     )
-    app.router.routes.extend(FAST_ROUTES)  # before the documented routes: matched first
+    build_full_stack = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        return HotRoutes(
+            build_full_stack(),
+            routes=HOT_ROUTES,
+            exception_handlers=app.exception_handlers,
+            guard=body_guards(settings.max_body_bytes, body_limits),
+        )
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(
         health_router(lambda: {"database": lambda: ping(database), "transport": publisher.ping})
