@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
+from leadstage import compact_json
 
 
 def change_id(*parts: object) -> str:
@@ -18,11 +18,11 @@ def change_id(*parts: object) -> str:
 def outbox_row(topic: str, key: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """The outbox row that publishes ``payload`` to ``topic`` with Kafka key ``key``.
 
-    The body is compact UTF-8 JSON (orjson: a batch encodes about a thousand changes,
-    several times faster than the standard library's encoder)."""
+    The body is compact UTF-8 JSON (``compact_json``: a batch encodes about a thousand
+    changes, several times faster than with the standard library's encoder alone)."""
     return {
         "topic": topic,
         "key": key.encode(),
         "change_id": payload["change_id"],
-        "payload": orjson.dumps(payload),
+        "payload": compact_json.dumps(payload),
     }

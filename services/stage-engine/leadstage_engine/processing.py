@@ -17,13 +17,13 @@ from functools import cached_property
 from operator import itemgetter
 from typing import Any
 
-import orjson
 from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import Table, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadstage import compact_json
 from leadstage.db.models import (
     ConsumerOffset,
     LeadScoreChange,
@@ -187,7 +187,7 @@ async def _store_touchpoints(
             "occurred_ats": [row["occurred_at"] for row in values],
             "received_ats": [row["received_at"] for row in values],
             "sources": [row["source"] for row in values],
-            "payloads": [orjson.dumps(row["payload"]).decode() for row in values],
+            "payloads": [compact_json.dumps(row["payload"]).decode() for row in values],
             "topics": [row["topic"] for row in values],
             "partitions": [row["partition"] for row in values],
             "offsets": [row["offset"] for row in values],
