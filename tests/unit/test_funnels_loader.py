@@ -313,3 +313,50 @@ def test_a_string_range_on_a_number_is_malformed() -> None:
     assert result.skipped == (
         ("late-in-the-alphabet", "properties.code: gt needs a string, got int"),
     )
+
+
+def test_rules_with_and_without_a_type_keep_their_priority_order() -> None:
+    """The step tests only the rules that can match an event's type (an index by
+    type); an untyped rule between typed ones must still be tried in its place."""
+    text = """\
+name: ordered
+version: 1
+stages:
+  - {name: Seen, group: tofu}
+  - {name: Keen, group: mofu}
+  - {name: Won, group: bofu}
+scores:
+  heat: {}
+rules:
+  - name: viewed
+    priority: 10
+    when: {type: page_view}
+    then: {score: {heat: 1}}
+  - name: any-email-touch
+    priority: 20
+    when: {channel: email}
+    then: {move_to: Keen}
+  - name: viewed-again
+    priority: 30
+    when: {type: page_view}
+    then: {move_to: Seen, score: {heat: 2}}
+"""
+    funnel = parse_funnel(text)
+    email_view = EventView("s", "e1", "page_view", AT, channel="email")
+    result = funnel.step(LeadState(), email_view, [])
+    # One stage move per event, the first effective one: the untyped rule's.
+    assert result.state.stage == "Keen"
+    assert [(c.kind, c.rule) for c in result.changes] == [
+        ("score", "viewed"),
+        ("stage", "any-email-touch"),
+        ("score", "viewed-again"),
+    ]
+    assert result.state.scores == {"heat": 3.0}
+    # A type no typed rule names: only the untyped rule can match.
+    call = EventView("s", "e2", "call", AT, channel="email")
+    assert [c.rule for c in funnel.step(LeadState(), call, []).changes] == ["any-email-touch"]
+    # And the index does not carry one type's rules over to another.
+    direct_view = EventView("s", "e3", "page_view", AT, channel="direct")
+    again = funnel.step(LeadState(), direct_view, [])
+    assert again.state.stage == "Seen"
+    assert [c.rule for c in again.changes] == ["viewed", "viewed-again", "viewed-again"]

@@ -45,7 +45,6 @@ final history never does.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ from leadstage.db.models import (
     table,
 )
 from leadstage.funnels import Funnel
-from leadstage_engine.changes import change_id
+from leadstage_engine.changes import change_id, outbox_row
 
 logger = logging.getLogger(__name__)
 
@@ -864,9 +863,4 @@ def _corrected(funnel: Funnel, fold: AccountFold, withdrawn: list[str]) -> dict[
 
 
 def _outbox_row(topic: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "topic": topic,
-        "key": payload["account_id"].encode(),
-        "change_id": payload["change_id"],
-        "payload": json.dumps(payload, separators=(",", ":")).encode(),
-    }
+    return outbox_row(topic, payload["account_id"], payload)

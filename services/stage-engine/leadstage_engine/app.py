@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from leadstage.db.partitions import maintain_touchpoint_partitions
 from leadstage.db.session import create_engine, create_session_factory, ping
+from leadstage.gc_tuning import tune_garbage_collector
 from leadstage.http import health_router, install_error_handlers
 from leadstage.rollup import roll_up_forever
 from leadstage.settings import EngineSettings
@@ -72,6 +73,9 @@ def create_app(settings: EngineSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # A batch's parsed records and folds (thousands of objects) outlive young
+        # collections; without this, full collections took about a fifth of the CPU.
+        tune_garbage_collector()
         await publisher.start()
         loop_task = asyncio.create_task(engine.run(), name="stage-engine")
         loop_task.add_done_callback(_exit_on_crash)

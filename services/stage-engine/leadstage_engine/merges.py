@@ -25,7 +25,6 @@ again; the re-homed touchpoints keep their original lead in their payload.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,7 +42,7 @@ from leadstage.db.models import (
     MergedLead,
     table,
 )
-from leadstage_engine.changes import change_id
+from leadstage_engine.changes import change_id, outbox_row
 
 #: How far back the merge sweep looks before its previous run (``merged_at`` is the
 #: start of ingest's transaction, which commits up to a produce timeout later).
@@ -192,15 +191,7 @@ def _merged(merge: Any, target: str) -> dict[str, Any]:
 
 
 def outbox_rows(topic: str, rehoming: Rehoming) -> list[dict[str, Any]]:
-    return [
-        {
-            "topic": topic,
-            "key": key.encode(),
-            "change_id": payload["change_id"],
-            "payload": json.dumps(payload, separators=(",", ":")).encode(),
-        }
-        for key, payload in rehoming.facts
-    ]
+    return [outbox_row(topic, key, payload) for key, payload in rehoming.facts]
 
 
 async def unapplied_merge_targets(

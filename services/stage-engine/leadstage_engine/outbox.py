@@ -21,9 +21,12 @@ from leadstage.transport.base import OutgoingRecord, Publisher, TransportUnavail
 
 logger = logging.getLogger(__name__)
 
+RELAY_LIMIT = 500  # changes published per transaction
+RELAY_IDLE_SECONDS = 0.05
+
 
 async def relay_once(
-    sessions: SessionFactory, publisher: Publisher, topic: str, *, limit: int = 500
+    sessions: SessionFactory, publisher: Publisher, topic: str, *, limit: int = RELAY_LIMIT
 ) -> int:
     """Publish up to ``limit`` unpublished changes of ``topic``; return how many.
 
@@ -74,14 +77,17 @@ async def relay_forever(
     """Publish continuously until ``stopping`` is set, then drain what is committed."""
     while True:
         try:
-            published = await relay_once(sessions, publisher, topic)
+            published = await relay_once(sessions, publisher, topic, limit=RELAY_LIMIT)
         except (TransportUnavailableError, OSError) as error:
             logger.warning("outbox relay could not publish (%r); retrying", error)
             published = 0
             if stopping.is_set():
                 return
             await asyncio.sleep(1)
-        if published == 0:
-            if stopping.is_set():
-                return
-            await asyncio.sleep(0.05)
+        if published == 0 and stopping.is_set():
+            return
+        if published < RELAY_LIMIT and not stopping.is_set():
+            # A part batch means the relay has caught up: wait for more changes rather
+            # than run a transaction (lock, read, publish, mark) for every few rows the
+            # engine commits. Costs up to this much publication latency.
+            await asyncio.sleep(RELAY_IDLE_SECONDS)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 from prometheus_client import Counter
@@ -22,6 +23,7 @@ from sqlalchemy import Table, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadstage import compact_json
 from leadstage.db.models import (
     ConsumerOffset,
     LeadScoreChange,
@@ -37,7 +39,7 @@ from leadstage.http import validation_details
 from leadstage.rollup import mark_leads
 from leadstage.transport.base import Record, TopicPartition
 from leadstage_engine.accounts import LeadChanges, advance_accounts
-from leadstage_engine.changes import change_id
+from leadstage_engine.changes import change_id, outbox_row
 from leadstage_engine.merges import SWEEP_MARGIN as MERGE_SWEEP_MARGIN
 from leadstage_engine.merges import Rehoming, rehome, unapplied_merge_targets
 from leadstage_engine.merges import outbox_rows as merges_outbox
@@ -185,7 +187,7 @@ async def _store_touchpoints(
             "occurred_ats": [row["occurred_at"] for row in values],
             "received_ats": [row["received_at"] for row in values],
             "sources": [row["source"] for row in values],
-            "payloads": [json.dumps(row["payload"], separators=(",", ":")) for row in values],
+            "payloads": [compact_json.dumps(row["payload"]).decode() for row in values],
             "topics": [row["topic"] for row in values],
             "partitions": [row["partition"] for row in values],
             "offsets": [row["offset"] for row in values],
@@ -215,8 +217,9 @@ class FoldedEvent:
 
     view: EventView
 
-    @property
+    @cached_property
     def key(self) -> EventKey:
+        # Cached: timelines sort and bisect by it hundreds of thousands of times a run.
         return event_key(self.view.occurred_at, self.view.source, self.view.event_id)
 
     @classmethod
@@ -463,21 +466,27 @@ async def _advance_leads(
     async def lock_and_load(leads: Sequence[str]) -> dict[tuple[str, str], _LeadFold]:
         # FOR UPDATE: a lead lives on one partition, hence one engine process; the
         # lock also guards replays running beside live work, and the merges.
+        # Plain columns, not ORM entities: nothing here is changed through the session,
+        # and building thousands of tracked objects per batch costs CPU for nothing.
         existing = await session.execute(
-            select(LeadStage)
+            select(
+                LeadStage.funnel,
+                LeadStage.lead_key,
+                LeadStage.state,
+                LeadStage.first_touch_at,
+                LeadStage.last_touch_at,
+                LeadStage.last_event_source,
+                LeadStage.last_event_id,
+            )
             .where(LeadStage.funnel.in_(names), LeadStage.lead_key.in_(leads))
             .with_for_update()
         )
         loaded: dict[tuple[str, str], _LeadFold] = {}
-        for row in existing.scalars():
+        for funnel, lead, state, first_at, last_at, last_source, last_id in existing:
             last = (
-                (row.last_event_source, row.last_event_id)
-                if row.last_event_source is not None and row.last_event_id is not None
-                else None
+                (last_source, last_id) if last_source is not None and last_id is not None else None
             )
-            loaded[(row.funnel, row.lead_key)] = _LeadFold(
-                LeadState.from_dict(row.state), row.first_touch_at, row.last_touch_at, last
-            )
+            loaded[(funnel, lead)] = _LeadFold(LeadState.from_dict(state), first_at, last_at, last)
         return loaded
 
     arrivals = arriving({})
@@ -561,7 +570,7 @@ async def _advance_leads(
                 )
                 refolded = fold_all(funnel, lead, timeline)
                 outbox.extend(
-                    _outbox_row(outbox_topic, lead, fact)
+                    outbox_row(outbox_topic, lead, fact)
                     for fact in _merge_facts(
                         funnel, lead, fold_all(funnel, lead, own), refolded, rehoming
                     )
@@ -584,7 +593,7 @@ async def _advance_leads(
                 if folded_up_to is None or event.key > folded_up_to:
                     history = timeline.before(event, funnel.history_window)
                     outbox.extend(
-                        _outbox_row(outbox_topic, lead, fact)
+                        outbox_row(outbox_topic, lead, fact)
                         for fact in fold.fold(funnel, lead, event, history)
                     )
                     continue
@@ -596,12 +605,12 @@ async def _advance_leads(
                 after = {f["change_id"]: f for f in refolded.facts}
                 withdrawn = sorted(c for c in before if c not in after)
                 outbox.append(
-                    _outbox_row(
+                    outbox_row(
                         outbox_topic, lead, _corrected(funnel, lead, event, refolded, withdrawn)
                     )
                 )
                 outbox.extend(
-                    _outbox_row(outbox_topic, lead, f) for c, f in after.items() if c not in before
+                    outbox_row(outbox_topic, lead, f) for c, f in after.items() if c not in before
                 )
                 folds[key] = refolded
                 rewritten.add(key)
@@ -691,9 +700,11 @@ async def copy_rows(session: AsyncSession, into: Table, rows: Sequence[Mapping[s
     driver = (await connection.get_raw_connection()).driver_connection
     if driver is None:
         raise RuntimeError("the session's connection is closed")
-    await driver.copy_records_to_table(
-        into.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
+    values = itemgetter(*columns)
+    records = (
+        [values(row) for row in rows] if len(columns) > 1 else [(row[columns[0]],) for row in rows]
     )
+    await driver.copy_records_to_table(into.name, records=records, columns=columns)
 
 
 def _merge_facts(
@@ -760,15 +771,6 @@ async def sweep_merges(
     if len(targets) == limit or started is None:
         return targets, since
     return targets, started - MERGE_SWEEP_MARGIN
-
-
-def _outbox_row(topic: str, lead: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "topic": topic,
-        "key": lead.encode(),
-        "change_id": payload["change_id"],
-        "payload": json.dumps(payload, separators=(",", ":")).encode(),
-    }
 
 
 async def store_offsets(

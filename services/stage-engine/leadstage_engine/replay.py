@@ -61,7 +61,7 @@ from leadstage.funnels.registry import from_registry
 from leadstage.rollup import invalidate as invalidate_rollup
 from leadstage.settings import ServiceSettings
 from leadstage_engine.accounts import refold_accounts
-from leadstage_engine.changes import change_id
+from leadstage_engine.changes import change_id, outbox_row
 from leadstage_engine.processing import FoldedEvent, LeadTimeline, fold_all
 from leadstage_engine.versions import (
     active_version,
@@ -563,13 +563,6 @@ async def _switch(
     }
     await session.execute(
         insert(table(OutboxRecord)),
-        [
-            {
-                "topic": settings.lead_stage_changed_topic,
-                "key": name.encode(),
-                "change_id": fact["change_id"],
-                "payload": json.dumps(fact, separators=(",", ":")).encode(),
-            }
-        ],
+        [outbox_row(settings.lead_stage_changed_topic, name, fact)],
     )
     return leads or 0

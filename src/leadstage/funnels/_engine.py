@@ -80,6 +80,7 @@ class Funnel:
         "_half_lives",
         "_index",
         "_rules",
+        "_rules_by_type",
         "account_rule",
         "allow",
         "description",
@@ -113,6 +114,7 @@ class Funnel:
     _index: Mapping[str, int]
     _half_lives: Mapping[str, float | None]
     _rules: tuple[RuleSpec, ...]
+    _rules_by_type: dict[str, tuple[RuleSpec, ...]]
 
     def __init__(self, spec: FunnelSpec, source: FunnelSource | None = None) -> None:
         for path, message in check_references(spec):
@@ -148,6 +150,8 @@ class Funnel:
             ),
             # Lower priority first; sorted() is stable, so ties keep file order.
             "_rules": tuple(sorted(spec.rules, key=lambda rule: rule.priority)),
+            # Filled on demand by _rules_for: a cache, not part of the definition.
+            "_rules_by_type": {},
         }
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -162,6 +166,23 @@ class Funnel:
     def rules(self) -> tuple[RuleSpec, ...]:
         """The rules in evaluation order."""
         return self._rules
+
+    def _rules_for(self, event_type: str) -> tuple[RuleSpec, ...]:
+        """The rules, in evaluation order, that can match an event of this type.
+
+        Most rules name the event types they look at, and a funnel has tens of rules:
+        matching only the candidates keeps the step from testing every rule on every
+        event. The result equals testing them all, because a rule whose ``when.type``
+        leaves the type out can never match it."""
+        rules = self._rules_by_type.get(event_type)
+        if rules is None:
+            rules = tuple(
+                rule
+                for rule in self._rules
+                if rule.when.type is None or event_type in rule.when.type
+            )
+            self._rules_by_type[event_type] = rules
+        return rules
 
     def half_life_days(self, score: str) -> float | None:
         """The score's half-life, or None if it does not decay (or is not defined here)."""
@@ -247,7 +268,7 @@ class Funnel:
             fired=set(state.fired_once),
         )
         self._apply_attributes(run, event)
-        for rule in self._rules:
+        for rule in self._rules_for(event.type):
             if rule.once and rule.name in run.fired:
                 continue
             try:
