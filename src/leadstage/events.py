@@ -215,7 +215,9 @@ class Touchpoint(TouchpointIn):
         return cls(**fields, source=source, received_at=received_at)
 
     def to_record(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        # The serializer's bytes as they are: ``model_dump_json`` would decode them to a
+        # str, which ``.encode()`` then copied back (once per produced event).
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
     @classmethod
     def from_record(cls, value: bytes) -> Touchpoint:

@@ -54,6 +54,8 @@ class Driver(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Any]: ...
 
+    def is_closed(self) -> bool: ...
+
 
 def is_provisional(lead_id: str) -> bool:
     return lead_id.startswith(PROVISIONAL_PREFIXES)

@@ -35,3 +35,7 @@ GROUP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 IN_FLIGHT = Gauge("leadstage_ingest_in_flight", "Events waiting for the event log's ack.")
+CONNECTIONS_LOST = Counter(
+    "leadstage_ingest_connections_lost_total",
+    "Group commits run again on a fresh connection after their database connection broke.",
+)

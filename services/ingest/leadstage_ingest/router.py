@@ -7,7 +7,6 @@ import binascii
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response, status
-from starlette.routing import Route
 
 from leadstage.credentials import Source
 from leadstage.http import ApiError, ErrorEnvelope
@@ -121,15 +120,12 @@ async def post_batch_fast(request: Request) -> Response:
     return await accept_batch(request, request_key(request))
 
 
-#: The two hot intake routes as plain Starlette routes, matched before the documented
-#: ones below: FastAPI's per-request dependency solving, its sub-response and its
+#: The two hot intake routes, served ahead of the framework's middleware stack (see
+#: hot_routes.py): FastAPI's per-request dependency solving, its sub-response and its
 #: response-model validation cost more CPU than the rest of a single-event request's
-#: handling. Same handlers, same error envelope (errors are raised to the app's
+#: handling. Same handlers, same error envelope (errors are answered by the app's
 #: exception handlers either way); the OpenAPI document comes from the routes below.
-FAST_ROUTES = (
-    Route("/v1/events", post_event_fast, methods=["POST"], include_in_schema=False),
-    Route("/v1/events/batch", post_batch_fast, methods=["POST"], include_in_schema=False),
-)
+HOT_ROUTES = {"/v1/events": post_event_fast, "/v1/events/batch": post_batch_fast}
 
 
 @router.post(

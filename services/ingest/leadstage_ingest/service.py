@@ -22,16 +22,13 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import status
-from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from sqlalchemy import delete, text
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -45,6 +42,7 @@ from leadstage.http import ApiError, ErrorDetail
 from leadstage.settings import IngestSettings
 from leadstage.transport.base import OutgoingRecord, Publisher, TransportUnavailableError
 from leadstage_ingest import metrics, segment
+from leadstage_ingest.database import ConnectionLostError, connection_lost
 from leadstage_ingest.identity import (
     Alias,
     Driver,
@@ -117,21 +115,57 @@ class WriteKeys:
 
 
 class RateLimits:
-    """Per-key moving-window limits, in this process (each ingest replica has its own)."""
+    """Per-key moving-window limits, in this process (each ingest replica has its own).
 
-    def __init__(self, default_per_second: int) -> None:
+    A key may take at most its rate's worth of events in any one-second window. Each
+    window keeps one entry per admitted request (its time and its event count) and a
+    running total, so a check costs O(1) amortised: the ``limits`` package's moving
+    window, used before, stored one entry per event (100 for a batch of 100) and expired
+    old entries from a worker thread, a thread hop and GIL contention on the hot path.
+    """
+
+    WINDOW_SECONDS = 1.0
+
+    def __init__(
+        self, default_per_second: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._default = default_per_second
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._clock = clock
+        self._windows: dict[int, _MovingWindow] = {}
 
     async def take(self, source: Source, events: int, *, retry_after: int) -> None:
-        rate = RateLimitItemPerSecond(source.rate_limit_per_second or self._default)
-        if not await self._limiter.hit(rate, str(source.key_id), cost=events):
+        rate = source.rate_limit_per_second or self._default
+        window = self._windows.get(source.key_id)
+        if window is None:
+            window = self._windows[source.key_id] = _MovingWindow()
+        if not window.hit(self._clock(), events, limit=rate, span=self.WINDOW_SECONDS):
             raise ApiError(
                 status.HTTP_429_TOO_MANY_REQUESTS,
                 "rate_limited",
-                f"Write key {source.key_id} is over {rate.amount} events per second.",
+                f"Write key {source.key_id} is over {rate} events per second.",
                 headers={"Retry-After": str(retry_after)},
             )
+
+
+class _MovingWindow:
+    """The admitted requests of the last ``span`` seconds: (time, events), oldest first."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def hit(self, now: float, cost: int, *, limit: int, span: float) -> bool:
+        """Admit ``cost`` events at ``now`` if the window then holds at most ``limit``."""
+        entries = self.entries
+        while entries and entries[0][0] <= now - span:
+            self.total -= entries.popleft()[1]
+        if self.total + cost > limit:
+            return False
+        entries.append((now, cost))
+        self.total += cost
+        return True
 
 
 class DeadLetters:
@@ -380,10 +414,22 @@ class Intake:
     async def _accept_valid(
         self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
     ) -> dict[int, EventOutcome]:
+        on_driver = all(single_identifier(tp) and c.previous_id is None for _, c, tp in valid)
+        accept = self._accept_on_driver if on_driver else self._accept_in_session
         try:
-            if all(single_identifier(tp) and c.previous_id is None for _, c, tp in valid):
-                return await self._accept_on_driver(valid)
-            return await self._accept_in_session(valid)
+            progress = _Progress()
+            try:
+                return await accept(valid, progress)
+            except Exception as error:
+                # Without a pre-ping (see database.py), a connection that broke since its
+                # last use fails the group's first statement: run the group once more on
+                # a fresh connection. Not once anything was produced: that group fails as
+                # before (503), and the client's retry is produced again.
+                if progress.producing or not connection_lost(error):
+                    raise
+                metrics.CONNECTIONS_LOST.inc()
+                logger.warning("database connection lost (%r); running the group again", error)
+            return await accept(valid, _Progress())
         except (TransportUnavailableError, SQLAlchemyTimeoutError) as error:
             unavailable = self._unavailable(
                 "The event log did not acknowledge the events; none was accepted. "
@@ -401,7 +447,7 @@ class Intake:
             raise unavailable from error
 
     async def _accept_in_session(
-        self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
+        self, valid: Sequence[tuple[int, Candidate, Touchpoint]], progress: _Progress
     ) -> dict[int, EventOutcome]:
         """Any group: identity merges, aliases and accounts, through the ORM session."""
         async with unit_of_work(self._sessions) as session:
@@ -423,11 +469,11 @@ class Intake:
                 _resolved(tp, leads[tp.event_id], accounts.get(tp.event_id, tp.account))
                 for tp in touchpoints
             ]
-            await self._produce(fresh, resolved, outcomes)
+            await self._produce(fresh, resolved, outcomes, progress)
             return outcomes
 
     async def _accept_on_driver(
-        self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
+        self, valid: Sequence[tuple[int, Candidate, Touchpoint]], progress: _Progress
     ) -> dict[int, EventOutcome]:
         """The common group: each event has one identifier (a lead id or an anonymous id),
         no email, account or alias, so no merge and no account can follow from it. Three
@@ -439,24 +485,34 @@ class Intake:
             raw = await connection.get_raw_connection()
             driver: Driver | None = raw.driver_connection
             assert driver is not None  # noqa: S101 - a checked-out connection is open
-            async with driver.transaction():
-                fresh_ids = await claim_and_lock(driver, [tp for _, _, tp in valid])
-                fresh, outcomes = _split_fresh(valid, fresh_ids)
-                if not fresh:
+            try:
+                async with driver.transaction():
+                    fresh_ids = await claim_and_lock(driver, [tp for _, _, tp in valid])
+                    fresh, outcomes = _split_fresh(valid, fresh_ids)
+                    if not fresh:
+                        return outcomes
+                    touchpoints = [tp for _, _, tp in fresh]
+                    leads = await resolve_single_identifiers(driver, touchpoints)
+                    resolved = [_resolved(tp, leads[tp.event_id], tp.account) for tp in touchpoints]
+                    await self._produce(fresh, resolved, outcomes, progress)
                     return outcomes
-                touchpoints = [tp for _, _, tp in fresh]
-                leads = await resolve_single_identifiers(driver, touchpoints)
-                resolved = [_resolved(tp, leads[tp.event_id], tp.account) for tp in touchpoints]
-                await self._produce(fresh, resolved, outcomes)
-                return outcomes
+            except Exception as error:
+                if not driver.is_closed():
+                    raise
+                # Errors on the raw connection bypass SQLAlchemy, which would otherwise
+                # put the dead connection back in the pool: discard it here.
+                await connection.invalidate()
+                raise ConnectionLostError(repr(error)) from error
 
     async def _produce(
         self,
         fresh: Sequence[tuple[int, Candidate, Touchpoint]],
         resolved: Sequence[Touchpoint],
         outcomes: dict[int, EventOutcome],
+        progress: _Progress,
     ) -> None:
         """Hand the group to the event log and wait for its durable acknowledgement."""
+        progress.producing = True
         started = time.perf_counter()
         await self._publisher.publish(
             self._settings.touchpoints_topic,
@@ -465,6 +521,13 @@ class Intake:
         metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
         for (i, _, _), tp in zip(fresh, resolved, strict=True):
             outcomes[i] = EventOutcome("accepted", event_id=tp.event_id, lead_id=tp.lead_key)
+
+
+@dataclass
+class _Progress:
+    """How far one attempt at a group got."""
+
+    producing: bool = False
 
 
 def _split_fresh(

@@ -23,11 +23,16 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 
 def create_engine(
-    settings: ServiceSettings, *, application_name: str, autocommit: bool = False
+    settings: ServiceSettings,
+    *,
+    application_name: str,
+    autocommit: bool = False,
+    pre_ping: bool = True,
 ) -> AsyncEngine:
     """The service's connection pool. ``autocommit``: for single-statement reads, which
     need no BEGIN/COMMIT (a statement is its own snapshot), and whose pre-ping is then
-    one round trip instead of three (BEGIN, ping, ROLLBACK)."""
+    one round trip instead of three (BEGIN, ping, ROLLBACK). ``pre_ping=False``: for a
+    caller that detects stale connections itself (see ingest's app)."""
     # Other pools keep the server's default isolation level, as they always have.
     isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     return create_async_engine(
@@ -43,7 +48,7 @@ def create_engine(
         # ``database_pool_timeout_seconds``).
         max_overflow=0,
         pool_timeout=settings.database_pool_timeout_seconds,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         # Tracebacks then carry no parameters: no emails or payloads in the logs.
         hide_parameters=True,
         connect_args={"server_settings": {"application_name": application_name}},
