@@ -1,4 +1,4 @@
-"""Compact UTF-8 JSON for hot paths: orjson's speed, JSON's full integer range."""
+"""JSON for hot paths: orjson's speed, with JSON's full integer range kept exact."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import json
 from typing import Any
 
 import orjson
+
+#: Nineteen digits in a row: perhaps an integer beyond 64 bits (such as -2**63 - 1),
+#: which orjson refuses to encode and decodes as a float, dropping digits. Found by
+#: mapping every digit to "0" and every other byte to " " (``bytes.translate``, a C
+#: loop) and looking for nineteen "0"s: a regular expression took eight times longer.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_NINETEEN_DIGITS = b"0" * 19
 
 
 def dumps(value: Any) -> bytes:
@@ -20,3 +27,17 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads(document: str | bytes) -> Any:
+    """The value of a JSON document, every integer exact.
+
+    orjson parses (and rejects what it rejects: NaN, Infinity, lone surrogates, with
+    ``orjson.JSONDecodeError``, a ``ValueError``). The rare document that may hold an
+    integer beyond 64 bits is then read again by the standard library, exactly.
+    """
+    value = orjson.loads(document)
+    raw = document.encode() if isinstance(document, str) else document
+    if _NINETEEN_DIGITS in raw.translate(_DIGITS_AS_ZEROS):
+        return json.loads(document)
+    return value
