@@ -197,14 +197,13 @@ class StageEngine:
                 await self._dead_letter(outcome.rejected)
         await self._source.committed(outcome.next_offsets)
         self.processed += len(records)
-        first, last = records[0], records[-1]
+        topics, partitions, offsets = offset_ranges(records)
         logger.info(
-            "committed batch topic=%s partition=%s offset=%s..%s records=%s stored=%s "
+            "committed batch topic=%s partition=%s offset=%s records=%s stored=%s "
             "duplicates=%s transitions=%s account_transitions=%s rejected=%s",
-            first.topic,
-            first.partition,
-            first.offset,
-            last.offset,
+            topics,
+            partitions,
+            offsets,
             len(records),
             outcome.stored,
             outcome.duplicates,
@@ -262,3 +261,30 @@ def dead_letter_record(rejection: Rejection, *, stage: str) -> OutgoingRecord:
         value=record.value,  # the original payload, byte for byte
         headers={"leadstage.dlq": json.dumps(reason), "error_kind": rejection.error_kind},
     )
+
+
+def offset_ranges(records: Sequence[Record]) -> tuple[str, str, str]:
+    """A batch's topics, partitions and offset ranges for its log line.
+
+    ``getmany`` returns records of several partitions in one batch, so the first and
+    the last record's offsets belong to different partitions: each partition gets its
+    own range, in the order the batch first reached it, e.g. partitions ``0,2`` with
+    offsets ``0:17..42,2:5..9``. A batch of one partition keeps the plain form
+    (``partition=4 offset=10..12``)."""
+    ranges: dict[tuple[str, int], list[int]] = {}
+    for record in records:
+        span = ranges.setdefault((record.topic, record.partition), [record.offset, record.offset])
+        span[0] = min(span[0], record.offset)
+        span[1] = max(span[1], record.offset)
+    topics = ",".join(dict.fromkeys(topic for topic, _ in ranges))
+    if len(ranges) == 1:
+        ((_, partition), (low, high)) = next(iter(ranges.items()))
+        return topics, str(partition), f"{low}..{high}"
+    several_topics = "," in topics
+
+    def name(topic: str, partition: int) -> str:
+        return f"{topic}:{partition}" if several_topics else str(partition)
+
+    partitions = ",".join(name(*key) for key in ranges)
+    offsets = ",".join(f"{name(*key)}:{low}..{high}" for key, (low, high) in ranges.items())
+    return topics, partitions, offsets
