@@ -77,7 +77,7 @@ async def relay_forever(
     """Publish continuously until ``stopping`` is set, then drain what is committed."""
     while True:
         try:
-            published = await relay_once(sessions, publisher, topic, limit=RELAY_LIMIT)
+            published = await relay_once(sessions, publisher, topic)
         except (TransportUnavailableError, OSError) as error:
             logger.warning("outbox relay could not publish (%r); retrying", error)
             published = 0
