@@ -136,19 +136,51 @@ def wrk(url: str, mode: str, key: str, seconds: int, connections: int, script: P
     return Run(f"{mode}", rps, rps * per_request, p50_us / 1000, p99_us / 1000, errors)
 
 
-def internal_averages(url: str) -> dict[str, float]:
-    """Averages of ingest's own histograms: group size, group and produce durations."""
+INTERNALS = ("group_events", "group_seconds", "produce_seconds")
+
+
+def internal_sums(url: str) -> dict[str, float]:
+    """The sums and counts of ingest's own histograms: group size, group and produce
+    durations (cumulative since the process started)."""
     sums: dict[str, float] = {}
     for line in httpx.get(url, timeout=5).text.splitlines():
-        for name in ("group_events", "group_seconds", "produce_seconds"):
+        for name in INTERNALS:
             for suffix in ("_sum", "_count"):
                 if line.startswith(f"leadstage_ingest_{name}{suffix} "):
                     sums[name + suffix] = float(line.split()[1])
-    return {
-        name: sums[f"{name}_sum"] / sums[f"{name}_count"]
-        for name in ("group_events", "group_seconds", "produce_seconds")
-        if sums.get(f"{name}_count")
-    }
+    return sums
+
+
+def internal_averages(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The histograms' averages over the interval between two ``internal_sums``."""
+    averages: dict[str, float] = {}
+    for name in INTERNALS:
+        count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+        if count:
+            averages[name] = (after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0)) / count
+    return averages
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[3] + values[4], sum(values)
+
+
+@dataclass
+class Usage:
+    """What one measured ingest run cost: ingest's CPU per event, the machine's idle
+    share (is the run CPU-bound?), and the group-commit averages."""
+
+    cpu_us_per_event: float
+    machine_idle: float
+    internals: dict[str, float]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -248,6 +280,7 @@ def main() -> None:
             wait_ready(f"http://127.0.0.1:{ingest_port}/readyz")
 
             results: dict[str, Run] = {}
+            usage: dict[str, Usage] = {}
             for mode in ("single", "batch"):
                 # A short warm-up, then the measured run.
                 wrk(
@@ -261,7 +294,13 @@ def main() -> None:
                 )
                 for target, port in (("noop", noop_port), ("ingest", ingest_port)):
                     path = "/v1/events/batch" if mode == "batch" else "/v1/events"
-                    results[f"{target} {mode}"] = wrk(
+                    metrics_url = f"http://127.0.0.1:{ingest_port}/metrics"
+                    sums, cpu, idle = (
+                        internal_sums(metrics_url),
+                        cpu_seconds(ingest.pid),
+                        machine_idle(),
+                    )
+                    run = results[f"{target} {mode}"] = wrk(
                         f"http://127.0.0.1:{port}{path}",
                         mode,
                         key,
@@ -269,8 +308,15 @@ def main() -> None:
                         args.connections,
                         script,
                     )
+                    if target == "ingest":
+                        idle_after = machine_idle()
+                        events = run.events_per_second * args.seconds
+                        usage[mode] = Usage(
+                            cpu_us_per_event=(cpu_seconds(ingest.pid) - cpu) / events * 1e6,
+                            machine_idle=(idle_after[0] - idle[0]) / (idle_after[1] - idle[1]),
+                            internals=internal_averages(sums, internal_sums(metrics_url)),
+                        )
             rss = peak_rss_mb(ingest.pid)
-            internals = internal_averages(f"http://127.0.0.1:{ingest_port}/metrics")
         direct = asyncio.run(
             broker_ceiling(kafka.bootstrap_servers, f"bench-{run_id}.touchpoints.v1", 100_000)
         )
@@ -299,12 +345,16 @@ def main() -> None:
     )
     print(f"batched events vs direct aiokafka (events/s): {batch.events_per_second / direct:.2f}")
     print(f"ingest peak RSS: {rss:.0f} MB")
-    print(
-        "ingest internals (averages over all runs): "
-        + ", ".join(f"{name} {value:.4g}" for name, value in internals.items())
-    )
+    for mode, used in usage.items():
+        print(
+            f"ingest {mode}: {used.cpu_us_per_event:.0f} us of ingest CPU per event, "
+            f"machine {used.machine_idle:.0%} idle; averages: "
+            + ", ".join(f"{name} {value:.4g}" for name, value in used.internals.items())
+        )
     json.dump(
-        {k: vars(v) for k, v in results.items()} | {"direct": direct, "rss_mb": rss}, sys.stderr
+        {k: vars(v) for k, v in results.items()}
+        | {"usage": {k: vars(v) for k, v in usage.items()}, "direct": direct, "rss_mb": rss},
+        sys.stderr,
     )
 
 

@@ -69,7 +69,12 @@ class KafkaPublisher:
                     bootstrap_servers=self._bootstrap_servers,
                     acks="all",
                     enable_idempotence=True,
-                    linger_ms=2,
+                    # No linger: callers hand over whole groups, already one batch per
+                    # partition (``_send_batches``). aiokafka lingers even a batch built
+                    # with ``create_batch``, so linger_ms=2 added 2.3 ms to every
+                    # acknowledgement (0.22 ms without it, sequential, on loopback) while
+                    # the next group's records waited behind it.
+                    linger_ms=0,
                     # Ingest hands over up to 500 events at once, as one batch per partition.
                     max_batch_size=_MAX_BATCH_BYTES,
                     request_timeout_ms=int(self._timeout * 1000),
