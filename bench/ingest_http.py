@@ -175,10 +175,10 @@ def machine_idle() -> tuple[int, int]:
 
 @dataclass
 class Usage:
-    """What one measured ingest run cost: ingest's CPU per event, the machine's idle
-    share (is the run CPU-bound?), and the group-commit averages."""
+    """What one measured run cost: the server's CPU per request, the machine's idle
+    share (is the run CPU-bound?), and ingest's group-commit averages."""
 
-    cpu_us_per_event: float
+    cpu_us_per_request: float
     machine_idle: float
     internals: dict[str, float]
 
@@ -292,12 +292,15 @@ def main() -> None:
                     args.connections,
                     script,
                 )
-                for target, port in (("noop", noop_port), ("ingest", ingest_port)):
+                for target, port, server in (
+                    ("noop", noop_port, noop),
+                    ("ingest", ingest_port, ingest),
+                ):
                     path = "/v1/events/batch" if mode == "batch" else "/v1/events"
                     metrics_url = f"http://127.0.0.1:{ingest_port}/metrics"
                     sums, cpu, idle = (
                         internal_sums(metrics_url),
-                        cpu_seconds(ingest.pid),
+                        cpu_seconds(server.pid),
                         machine_idle(),
                     )
                     run = results[f"{target} {mode}"] = wrk(
@@ -308,14 +311,17 @@ def main() -> None:
                         args.connections,
                         script,
                     )
-                    if target == "ingest":
-                        idle_after = machine_idle()
-                        events = run.events_per_second * args.seconds
-                        usage[mode] = Usage(
-                            cpu_us_per_event=(cpu_seconds(ingest.pid) - cpu) / events * 1e6,
-                            machine_idle=(idle_after[0] - idle[0]) / (idle_after[1] - idle[1]),
-                            internals=internal_averages(sums, internal_sums(metrics_url)),
-                        )
+                    idle_after = machine_idle()
+                    requests = run.requests_per_second * args.seconds
+                    usage[f"{target} {mode}"] = Usage(
+                        cpu_us_per_request=(cpu_seconds(server.pid) - cpu) / requests * 1e6,
+                        machine_idle=(idle_after[0] - idle[0]) / (idle_after[1] - idle[1]),
+                        internals=(
+                            internal_averages(sums, internal_sums(metrics_url))
+                            if target == "ingest"
+                            else {}
+                        ),
+                    )
             rss = peak_rss_mb(ingest.pid)
         direct = asyncio.run(
             broker_ceiling(kafka.bootstrap_servers, f"bench-{run_id}.touchpoints.v1", 100_000)
@@ -345,11 +351,11 @@ def main() -> None:
     )
     print(f"batched events vs direct aiokafka (events/s): {batch.events_per_second / direct:.2f}")
     print(f"ingest peak RSS: {rss:.0f} MB")
-    for mode, used in usage.items():
+    for name, used in usage.items():
         print(
-            f"ingest {mode}: {used.cpu_us_per_event:.0f} us of ingest CPU per event, "
-            f"machine {used.machine_idle:.0%} idle; averages: "
-            + ", ".join(f"{name} {value:.4g}" for name, value in used.internals.items())
+            f"{name}: {used.cpu_us_per_request:.0f} us of server CPU per request, "
+            f"machine {used.machine_idle:.0%} idle"
+            + "".join(f", {stat} {value:.4g}" for stat, value in used.internals.items())
         )
     json.dump(
         {k: vars(v) for k, v in results.items()}
