@@ -180,6 +180,13 @@ class EngineSettings(ServiceSettings):
     http_port: int = Field(default=8082, ge=1, le=65535)
     consumer_group: str = "leadstage-stage-engine"
     batch_max_records: int = Field(default=500, ge=1)
+    batch_lanes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Batches folded at once, each over its own partitions in its own "
+        "PostgreSQL transaction: while one waits for the database, another runs.",
+    )
     webhooks_enabled: bool = True
     webhook_max_attempts: int = Field(default=5, ge=1, le=20)
     webhook_first_retry_seconds: float = Field(default=0.5, ge=0)

@@ -229,8 +229,14 @@ Dump = dict[str, list[tuple[object, ...]]]
 
 @pytest.fixture(scope="module")
 def clean_state(environment: Environment, crash_setup: dict[str, str]) -> Dump:
-    """The state after one uninterrupted engine run over the events."""
-    clean = start_service("engine", engine_env(environment, crash_setup, "clean"), "clean")
+    """The state after one uninterrupted engine run over the events, folding one batch
+    at a time: the crashed and paired runs fold in the default two lanes at once, so
+    they also check that lanes give the state of a single lane."""
+    clean = start_service(
+        "engine",
+        {**engine_env(environment, crash_setup, "clean"), "LEADSTAGE_BATCH_LANES": "1"},
+        "clean",
+    )
     try:
         asyncio.run(wait_consumed(crash_setup["clean"], "engine-clean", within=300))
     finally:

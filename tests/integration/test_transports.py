@@ -89,6 +89,46 @@ async def test_keyed_records_keep_their_order_per_key(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_source_leaves_out_the_partitions_it_is_told_to(
+    environment: Environment, sessions: SessionFactory, transport: str
+) -> None:
+    """The engine fetches a second lane's batch from partitions the first lane did not
+    take (``excluding``): none of its records may come from those."""
+    settings = environment.settings(transport).model_copy(
+        update={
+            "topic_prefix": f"{environment.topic_prefix}{secrets.token_hex(3)}.",
+            "topic_partitions": 3,
+        }
+    )
+    await create_topics(settings, sessions)
+    publisher = create_publisher(settings, sessions)
+    await publisher.start()
+    batch = [OutgoingRecord(key=f"lead-{i}".encode(), value=b"v") for i in range(60)]
+    try:
+        await publisher.publish(settings.touchpoints_topic, batch)
+    finally:
+        await publisher.stop()
+    topic = settings.touchpoints_topic
+    excluded = TopicPartition(topic, partition_for(b"lead-0", 3))
+    expected = sum(1 for r in batch if partition_for(r.key, 3) != excluded.partition)
+    source = create_source(settings, sessions, topic=topic, group=f"g-{secrets.token_hex(3)}")
+    await source.start(StoredPositions())
+    try:
+        records: list[Record] = []
+        deadline = time.monotonic() + 20
+        while len(records) < expected and time.monotonic() < deadline:
+            records += await source.getmany(timeout_ms=200, max_records=1000, excluding={excluded})
+        assert excluded not in {r.topic_partition for r in records}
+        assert len(records) == expected
+        # Nothing of the excluded partition was skipped: asked for, it is all there.
+        rest = await read_all(source, len(batch) - expected)
+        assert {r.topic_partition for r in rest} == {excluded}
+        assert len(rest) == len(batch) - expected
+    finally:
+        await source.stop()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_source_resumes_from_the_stored_positions(
     environment: Environment, sessions: SessionFactory, transport: str
 ) -> None:

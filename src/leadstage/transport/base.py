@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -67,7 +67,16 @@ class RecordSource(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def getmany(self, *, timeout_ms: int, max_records: int) -> list[Record]: ...
+    async def getmany(
+        self,
+        *,
+        timeout_ms: int,
+        max_records: int,
+        excluding: Collection[TopicPartition] = (),
+    ) -> list[Record]:
+        """Up to ``max_records`` records, waiting up to ``timeout_ms`` for the first;
+        none of the partitions in ``excluding``."""
+        ...
 
     async def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
         """The state up to these offsets is committed in PostgreSQL (the source of

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -238,10 +238,25 @@ class KafkaRecordSource:
             await self._started.stop()
             self._started = None
 
-    async def getmany(self, *, timeout_ms: int, max_records: int) -> list[Record]:
+    async def getmany(
+        self,
+        *,
+        timeout_ms: int,
+        max_records: int,
+        excluding: Collection[TopicPartition] = (),
+    ) -> list[Record]:
         if self._listener is not None and self._listener.failure is not None:
             raise RuntimeError("partition assignment failed") from self._listener.failure
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        partitions: list[KafkaTopicPartition] = []
+        if excluding:
+            skipped = {KafkaTopicPartition(tp.topic, tp.partition) for tp in excluding}
+            partitions = sorted(set(self._consumer.assignment()) - skipped)
+            if not partitions:  # nothing else assigned (yet): nothing to wait for here
+                await asyncio.sleep(timeout_ms / 1000)
+                return []
+        batches = await self._consumer.getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
         return [
             Record(
                 topic=message.topic,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from itertools import groupby
 
 from aiokafka.partitioner import murmur2
@@ -131,18 +131,27 @@ class PostgresLogSource:
     async def stop(self) -> None:
         return None
 
-    async def getmany(self, *, timeout_ms: int, max_records: int) -> list[Record]:
+    async def getmany(
+        self,
+        *,
+        timeout_ms: int,
+        max_records: int,
+        excluding: Collection[TopicPartition] = (),
+    ) -> list[Record]:
+        partitions = sorted(set(self._positions) - set(excluding))
+        if not partitions:
+            await asyncio.sleep(timeout_ms / 1000)
+            return []
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
-            records = await self._read(max_records)
+            records = await self._read(partitions, max_records)
             if records or time.monotonic() >= deadline:
                 return records
             await asyncio.sleep(POLL_INTERVAL_SECONDS)
 
-    async def _read(self, max_records: int) -> list[Record]:
+    async def _read(self, partitions: Sequence[TopicPartition], max_records: int) -> list[Record]:
         # Each partition gets its share of the batch, so a backlog on one partition
         # does not starve the others (one query, a LATERAL read per partition).
-        partitions = sorted(self._positions)
         per_partition = max(1, max_records // len(partitions))
         async with self._sessions() as session:
             rows = await session.execute(
