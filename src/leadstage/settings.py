@@ -185,7 +185,8 @@ class EngineSettings(ServiceSettings):
         ge=1,
         le=64,
         description="Batches folded at once, each over its own partitions in its own "
-        "PostgreSQL transaction: while one waits for the database, another runs.",
+        "PostgreSQL transaction: while one waits for the database, another runs. Each "
+        "lane holds one of the pool's connections while it folds.",
     )
     webhooks_enabled: bool = True
     webhook_max_attempts: int = Field(default=5, ge=1, le=20)
