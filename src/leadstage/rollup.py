@@ -27,10 +27,13 @@ is ``lead_stages.stage``, firmographics come from the lead's account and channel
 campaign and source from its first stored touchpoint (by time, then source and event
 id).
 
-Marks are written with ``ON CONFLICT DO UPDATE``, not ``DO NOTHING``: the update locks
-an existing mark until the writer commits, so a round cannot take (and delete) the mark
-and then read the lead's state from before the writer's change; it skips the locked
-mark and the next round takes it.
+Each writer inserts marks of its own, one row per lead (migration 0017), with no
+conflict to wait on: a round holds the marks it takes until it commits, and an upsert
+of one of those leads waited for the whole round. A round cannot lose a change either:
+the writer's own mark is uncommitted, so invisible to the round, until the change is
+committed, and the round after that takes it. (Marks were ``ON CONFLICT DO UPDATE``
+before, for the same guarantee with one row per lead; ``DO NOTHING`` would have lost
+the change.)
 """
 
 from __future__ import annotations
@@ -72,17 +75,12 @@ _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('leadstage-rollup', 0
 
 
 async def mark_leads(session: AsyncSession, leads: Iterable[str]) -> None:
-    """Mark leads for the next round, in the caller's transaction (sorted: writers
-    marking overlapping leads lock them in one order)."""
+    """Mark leads for the next round, in the caller's transaction."""
     keys = sorted(set(leads))
     if not keys:
         return
     await session.execute(
-        text(
-            "INSERT INTO rollup_dirty_leads (lead_key)"
-            " SELECT unnest(CAST(:leads AS text[])) ORDER BY 1"
-            " ON CONFLICT (lead_key) DO UPDATE SET marked_at = now()"
-        ),
+        text("INSERT INTO rollup_dirty_leads (lead_key) SELECT unnest(CAST(:leads AS text[]))"),
         {"leads": keys},
     )
 
@@ -95,9 +93,8 @@ async def mark_account_contacts(session: AsyncSession, accounts: Iterable[str]) 
     await session.execute(
         text(
             "INSERT INTO rollup_dirty_leads (lead_key)"
-            " SELECT lead_id FROM lead_accounts WHERE account_id = ANY(CAST(:ids AS text[]))"
-            " ORDER BY 1"
-            " ON CONFLICT (lead_key) DO UPDATE SET marked_at = now()"
+            " SELECT DISTINCT lead_id FROM lead_accounts"
+            " WHERE account_id = ANY(CAST(:ids AS text[]))"
         ),
         {"ids": ids},
     )
@@ -211,6 +208,7 @@ class RollupOutcome:
     """What one round did."""
 
     taken: int = 0  # marked leads taken
+    marks: int = 0  # marks taken (a lead marked by several writers has several)
     changed: int = 0  # (funnel, lead) facts written or removed
     rebuilt: list[str] = field(default_factory=list)  # funnels rebuilt from scratch
 
@@ -243,22 +241,24 @@ async def roll_up(session: AsyncSession, *, limit: int = DEFAULT_LIMIT) -> Rollu
         if stored.get(funnel.name) != funnel.fingerprint:
             await _rebuild(session, funnel, version)
             outcome.rebuilt.append(funnel.name)
-    taken = list(
+    # Marks, not leads: a lead marked by several writers has several rows.
+    marks = list(
         await session.scalars(
             text(
-                "DELETE FROM rollup_dirty_leads WHERE lead_key IN ("
-                " SELECT lead_key FROM rollup_dirty_leads"
+                "DELETE FROM rollup_dirty_leads WHERE id IN ("
+                " SELECT id FROM rollup_dirty_leads"
                 " FOR UPDATE SKIP LOCKED LIMIT :limit)"
                 " RETURNING lead_key"
             ),
             {"limit": limit},
         )
     )
-    outcome.taken = len(taken)
+    taken = sorted(set(marks))
+    outcome.taken, outcome.marks = len(taken), len(marks)
     if taken:
         for funnel, _ in funnels:
-            outcome.changed += await _refresh(session, funnel, sorted(taken))
-    if outcome.taken < limit:  # nothing was left behind: all committed before is counted
+            outcome.changed += await _refresh(session, funnel, taken)
+    if outcome.marks < limit:  # nothing was left behind: all committed before is counted
         await session.execute(
             update(FunnelRollup)
             .where(FunnelRollup.funnel.in_([f.name for f, _ in funnels]))
@@ -469,9 +469,10 @@ async def drain(
         async with unit_of_work(sessions) as session:
             outcome = await roll_up(session, limit=limit)
         total.taken += outcome.taken
+        total.marks += outcome.marks
         total.changed += outcome.changed
         total.rebuilt.extend(outcome.rebuilt)
-        if outcome.taken < limit:
+        if outcome.marks < limit:
             return total
 
 
@@ -489,7 +490,7 @@ async def roll_up_forever(
         try:
             async with unit_of_work(sessions) as session:
                 outcome = await roll_up(session, limit=limit)
-            full = outcome.taken >= limit
+            full = outcome.marks >= limit
             if outcome.rebuilt:
                 logger.info("rollup rebuilt %s", ", ".join(outcome.rebuilt))
         except Exception:

@@ -499,6 +499,31 @@ async def test_rolling_up_again_changes_nothing(rollup_sessions: SessionFactory)
     assert pending == 0
 
 
+async def test_a_writer_marking_a_lead_a_round_holds_does_not_wait_and_is_not_lost(
+    rollup_sessions: SessionFactory,
+) -> None:
+    """A round holds the marks it took until it commits. A writer (an engine batch)
+    marking one of those leads meanwhile must neither wait for the round (with one row
+    per lead and ``ON CONFLICT``, it waited for the whole round) nor be lost: its mark
+    is taken by a later round."""
+    lead = f"{secrets.token_hex(3)}-held"
+    async with unit_of_work(rollup_sessions) as session:
+        await mark_leads(session, [lead])
+    async with rollup_sessions() as round_session, round_session.begin():
+        taken = await roll_up(round_session)  # holds the lead's mark, uncommitted
+        assert taken.marks >= 1
+        async with unit_of_work(rollup_sessions) as writer:
+            await writer.execute(text("SET LOCAL lock_timeout = '2s'"))
+            await mark_leads(writer, [lead])  # before: waited, then a lock timeout
+    async with unit_of_work(rollup_sessions) as session:
+        pending = await session.scalar(
+            text("SELECT count(*) FROM rollup_dirty_leads WHERE lead_key = :lead"),
+            {"lead": lead},
+        )
+    assert pending == 1
+    assert (await drain(rollup_sessions)).taken >= 1
+
+
 # -- Counts by month -----------------------------------------------------------------------
 
 

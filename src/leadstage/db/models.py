@@ -661,7 +661,10 @@ class RollupDirtyLead(Base):
 
     __tablename__ = "rollup_dirty_leads"
 
-    lead_key: Mapped[str] = mapped_column(String(262), primary_key=True)
+    # A row per mark, not per lead: writers insert without a conflict to wait on (a
+    # round holds the marks it takes until it commits). Migration 0017.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    lead_key: Mapped[str] = mapped_column(String(262))
     marked_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
