@@ -49,6 +49,7 @@ import uvloop
 
 from leadstage.funnels import EventView, LeadState, load_presets
 from leadstage.local import services
+from leadstage.local.usage import cpu_seconds, process_tree
 
 FUNNEL = load_presets()["b2b-six-stage"]
 SCOPES = ("leads:read", "metrics:read")
@@ -514,24 +515,6 @@ async def lookup_runs(
             used = cpu_seconds(pid) - used
             run.note += f", {used / len(load.keys) * 1000:.1f} ms CPU each"
         out.lookups[f"{name}{load.suffix}"] = run
-
-
-def process_tree(pid: int) -> list[int]:
-    """The process and its descendants (the API's worker processes, if any)."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += process_tree(int(child))
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process and its descendants have used."""
-    used = 0
-    for member in process_tree(pid):
-        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        used += int(fields[11]) + int(fields[12])
-    return used / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

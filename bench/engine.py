@@ -57,6 +57,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from leadstage.local import services
+from leadstage.local.usage import cpu_seconds
 from leadstage.transport.base import OutgoingRecord
 from leadstage.transport.kafka import KafkaPublisher
 
@@ -268,11 +269,6 @@ def proc_status(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             values[name] = int(rest.split()[0])
     return values
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

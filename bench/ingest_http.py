@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from leadstage.local import services
+from leadstage.local.usage import cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 EVENT = (
@@ -159,12 +160,6 @@ def internal_averages(before: dict[str, float], after: dict[str, float]) -> dict
         if count:
             averages[name] = (after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0)) / count
     return averages
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of one process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_idle() -> tuple[int, int]:
