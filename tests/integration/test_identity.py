@@ -6,11 +6,19 @@ import secrets
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadstage.db.models import Account, Identity, IdentityMerge
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.events import Touchpoint, TouchpointIn
-from leadstage_ingest.identity import Alias, attach_accounts, resolve_leads, revert_merge
+from leadstage_ingest.identity import (
+    Alias,
+    Driver,
+    attach_accounts,
+    resolve_leads,
+    revert_merge,
+)
+from leadstage_ingest.service import claim_and_resolve_single
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -105,3 +113,51 @@ async def test_accounts_keep_known_firmographics_and_domains_stay_unique(
         account = await session.get(Account, first.account.id)
     assert account is not None
     assert (account.domain, account.industry, account.tier) == (domain, "software", 1)
+
+
+async def claim_single(
+    database: AsyncEngine, *events: Touchpoint
+) -> tuple[set[tuple[str, str]], dict[str, str]]:
+    """Ingest's one-call path for single-identifier groups, in its own transaction."""
+    async with database.connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver: Driver | None = raw.driver_connection
+        assert driver is not None
+        async with driver.transaction():
+            return await claim_and_resolve_single(driver, list(events))
+
+
+async def test_the_single_identifier_path_resolves_as_the_session_path_does(
+    database: AsyncEngine, sessions: SessionFactory
+) -> None:
+    anonymous, other, known, merged = f"anon-{t()}", f"anon-{t()}", f"l-{t()}", f"m-{t()}"
+    # The identifiers already known: an anonymous visitor who filled in a form (merged
+    # into the known lead), and a lead merged into the known one by an alias.
+    await resolve(sessions, touch(anonymous_id=anonymous))
+    await resolve(sessions, touch(anonymous_id=anonymous, lead_id=known))
+    alias = touch(lead_id=known)
+    await resolve(sessions, touch(lead_id=merged))
+    await resolve(sessions, alias, aliases=[Alias(alias.event_id, merged)])
+
+    events = [
+        touch(anonymous_id=anonymous),  # owned by the known lead since the form fill
+        touch(lead_id=merged),  # merged into the known lead
+        touch(anonymous_id=other),  # first sighting: a provisional lead
+        touch(anonymous_id=other),  # the same visitor again, in the same group
+        touch(lead_id=f"new-{t()}"),  # first sighting of a lead id
+    ]
+    claimed, leads = await claim_single(database, *events)
+    assert claimed == {(e.source, e.event_id) for e in events}
+    expected = [known, known, f"anon:{other}", f"anon:{other}", events[4].lead_id]
+    assert [leads[e.event_id] for e in events] == expected
+    # The new identities are recorded: the session path now finds the same owners.
+    new_lead = events[4].lead_id
+    assert new_lead is not None
+    found = await resolve(sessions, touch(anonymous_id=other), touch(lead_id=new_lead))
+    assert found == expected[3:]
+
+    # A repeat is not claimed again and not resolved; a fresh event in its group is.
+    again = touch(anonymous_id=other)
+    claimed, leads = await claim_single(database, events[0], again)
+    assert claimed == {(again.source, again.event_id)}
+    assert leads == {again.event_id: f"anon:{other}"}

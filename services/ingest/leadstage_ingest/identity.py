@@ -224,53 +224,6 @@ def single_identifier(touchpoint: Touchpoint) -> bool:
     )
 
 
-# ``_SELECT_OWNERS`` and ``_INSERT_IDENTITIES`` for a raw asyncpg connection.
-_DRIVER_SELECT_OWNERS = (
-    "SELECT i.kind, i.value, i.lead_id FROM identities AS i "
-    "JOIN unnest($1::text[], $2::text[]) AS k(kind, value) "
-    "ON i.kind = k.kind AND i.value = k.value"
-)
-_DRIVER_INSERT_IDENTITIES = (
-    "INSERT INTO identities (kind, value, lead_id) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
-    "ON CONFLICT DO NOTHING"
-)
-
-
-async def resolve_single_identifiers(
-    driver: Driver, touchpoints: Sequence[Touchpoint]
-) -> dict[str, str]:
-    """``resolve_leads`` for events that satisfy ``single_identifier`` (no aliases), on a
-    raw asyncpg connection whose transaction already holds the identifiers' locks.
-
-    With one identifier, the event's lead is that identifier's owner, or else the event's
-    own lead key, which then owns the identifier: the rules above with no merge to make.
-    """
-    keys = sorted({key for tp in touchpoints for key in identifiers(tp)})
-    rows = await driver.fetch(
-        _DRIVER_SELECT_OWNERS, [kind for kind, _ in keys], [value for _, value in keys]
-    )
-    owners: dict[IdentityKey, str] = {(kind, value): lead for kind, value, lead in rows}
-    new: dict[IdentityKey, str] = {}
-    resolved: dict[str, str] = {}
-    for touchpoint in touchpoints:
-        [key] = identifiers(touchpoint)
-        lead = owners.get(key)
-        if lead is None:
-            lead = owners[key] = new[key] = touchpoint.provisional_lead_key
-        resolved[touchpoint.event_id] = lead
-    if new:
-        ordered = sorted(new.items())
-        await driver.execute(
-            _DRIVER_INSERT_IDENTITIES,
-            [kind for (kind, _), _ in ordered],
-            [value for (_, value), _ in ordered],
-            [lead for _, lead in ordered],
-        )
-    # As in resolve_leads: a lead that was merged into another follows it.
-    return {event_id: owners.get(("lead_id", lead), lead) for event_id, lead in resolved.items()}
-
-
 async def revert_merge(session: AsyncSession, merge_id: int) -> bool:
     """Undo a merge: the moved identities point at the old lead again."""
     merge = await session.get(IdentityMerge, merge_id, with_for_update=True)

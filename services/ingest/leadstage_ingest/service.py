@@ -46,11 +46,11 @@ from leadstage_ingest.database import ConnectionLostError, connection_lost
 from leadstage_ingest.identity import (
     Alias,
     Driver,
+    IdentityKey,
     attach_accounts,
     identifiers,
     lock_names,
     resolve_leads,
-    resolve_single_identifiers,
     single_identifier,
 )
 from leadstage_ingest.validation import Limits, Rejected
@@ -476,24 +476,25 @@ class Intake:
         self, valid: Sequence[tuple[int, Candidate, Touchpoint]], progress: _Progress
     ) -> dict[int, EventOutcome]:
         """The common group: each event has one identifier (a lead id or an anonymous id),
-        no email, account or alias, so no merge and no account can follow from it. Three
-        statements on the pool's asyncpg connection: claim and lock, owners, new
-        identities; the ORM session's per-statement work was most of a small group's CPU.
-        Same claims, same locks (in the same order) and the same resolution as the
-        session path, so both serialise with each other and with other processes."""
+        no email, account or alias, so no merge and no account can follow from it. One
+        call on the pool's asyncpg connection claims, locks and resolves the group (the
+        ORM session's per-statement work was most of a small group's CPU, and each
+        statement was a round trip). Same claims, same locks (in the same order) and the
+        same resolution as the session path, so both serialise with each other and with
+        other processes."""
         async with self._database.connect() as connection:
             raw = await connection.get_raw_connection()
             driver: Driver | None = raw.driver_connection
             assert driver is not None  # noqa: S101 - a checked-out connection is open
             try:
                 async with driver.transaction():
-                    fresh_ids = await claim_and_lock(driver, [tp for _, _, tp in valid])
+                    fresh_ids, leads = await claim_and_resolve_single(
+                        driver, [tp for _, _, tp in valid]
+                    )
                     fresh, outcomes = _split_fresh(valid, fresh_ids)
                     if not fresh:
                         return outcomes
-                    touchpoints = [tp for _, _, tp in fresh]
-                    leads = await resolve_single_identifiers(driver, touchpoints)
-                    resolved = [_resolved(tp, leads[tp.event_id], tp.account) for tp in touchpoints]
+                    resolved = [_resolved(tp, leads[tp.event_id], tp.account) for _, _, tp in fresh]
                     await self._produce(fresh, resolved, outcomes, progress)
                     return outcomes
             except Exception as error:
@@ -588,40 +589,43 @@ _CLAIM = text(
 )
 
 
-# The claim and the identity locks in one statement: the InitPlan (``SELECT count(*)
-# FROM claimed``) runs the claim to completion before the first lock, so a group still
-# claims its event ids before it locks identities, in sorted order, as the session path
-# does (no cycle between a group waiting for a claimed id and one waiting for a lock).
-# Identities of events that turn out duplicates are locked too: harmless, and the
-# owners are read by the next statement, whose snapshot then includes every commit of
-# a group that held those locks. synchronous_commit: see ``_accept_in_session``.
-_CLAIM_AND_LOCK = """
-WITH claimed AS (
-    INSERT INTO ingest_dedup (source, event_id)
-    SELECT * FROM unnest($1::text[], $2::text[])
-    ON CONFLICT (source, event_id) DO NOTHING
-    RETURNING source, event_id
-), locked AS MATERIALIZED (
-    SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) AS locks,
-           set_config('synchronous_commit', 'off', true) AS synchronous_commit
-    FROM (SELECT k FROM unnest($3::text[]) AS k ORDER BY k) AS names
-    WHERE (SELECT count(*) FROM claimed) >= 0
-)
-SELECT claimed.source, claimed.event_id FROM locked LEFT JOIN claimed ON true
-"""
+async def claim_and_resolve_single(
+    driver: Driver, touchpoints: Sequence[Touchpoint]
+) -> tuple[set[tuple[str, str]], dict[str, str]]:
+    """For events that satisfy ``single_identifier``, on a raw asyncpg connection inside
+    its transaction, in one round trip (migration 0018's function): claim the event ids
+    (as ``claim_event_ids``), lock every event's identifier, and resolve each claimed
+    event's lead (as ``resolve_leads``, which with one identifier and no alias never
+    merges). Returns the claimed (source, event_id) and the claimed events' leads.
 
-
-async def claim_and_lock(driver: Driver, touchpoints: Sequence[Touchpoint]) -> set[tuple[str, str]]:
-    """``claim_event_ids``, and the advisory locks of the events' identifiers, in one
-    round trip on a raw asyncpg connection inside its transaction."""
-    keys = sorted({(tp.source, tp.event_id) for tp in touchpoints})
+    The function claims before it locks, and locks in the order every path locks: a
+    group waiting for a claimed id and one waiting for a lock never wait in a cycle.
+    """
+    claims = sorted({(tp.source, tp.event_id) for tp in touchpoints})
+    events: list[tuple[Touchpoint, IdentityKey]] = []
+    for touchpoint in touchpoints:
+        [key] = identifiers(touchpoint)
+        events.append((touchpoint, key))
     rows = await driver.fetch(
-        _CLAIM_AND_LOCK,
-        [source for source, _ in keys],
-        [event_id for _, event_id in keys],
-        lock_names(key for tp in touchpoints for key in identifiers(tp)),
+        "SELECT * FROM ingest_claim_single_identifiers($1, $2, $3, $4, $5, $6, $7, $8)",
+        [source for source, _ in claims],
+        [event_id for _, event_id in claims],
+        lock_names(key for _, key in events),
+        [tp.source for tp, _ in events],
+        [tp.event_id for tp, _ in events],
+        [kind for _, (kind, _) in events],
+        [value for _, (_, value) in events],
+        [tp.provisional_lead_key for tp, _ in events],
     )
-    return {(row[0], row[1]) for row in rows if row[0] is not None}
+    claimed = {(row[0], row[1]) for row in rows if row[0] is not None}
+    owners = {(row[2], row[3]): row[4] for row in rows if row[2] is not None}
+    leads: dict[str, str] = {}
+    for tp, key in events:
+        if (tp.source, tp.event_id) in claimed:
+            lead = owners[key]
+            # As in resolve_leads: a lead that was merged into another follows it.
+            leads[tp.event_id] = owners.get(("lead_id", lead), lead)
+    return claimed, leads
 
 
 async def prune_dedup(session: AsyncSession, *, older_than: timedelta) -> int:
