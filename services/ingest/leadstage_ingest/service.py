@@ -12,7 +12,8 @@ is one PostgreSQL transaction:
 If step 3 fails the transaction rolls back: the event_ids are not claimed,
 so the client's retry is accepted, and no identity change is kept. If the
 process dies between 3 and 4, the retry produces again and the stage engine,
-which stores each event_id once, ignores the repeat.
+which stores each event_id once, ignores the repeat. The common group (one
+identifier per event, so no merge) answers its requests between 3 and 4.
 """
 
 from __future__ import annotations
@@ -241,6 +242,8 @@ class DeadLetters:
 
 
 Valid = Sequence[tuple[int, Candidate, Touchpoint]]
+#: Answers a group's requests before the group's work is over (see ``_accept_on_driver``).
+Delivery = Callable[[Mapping[int, EventOutcome]], None]
 
 
 @dataclass
@@ -260,7 +263,7 @@ class GroupCommit:
 
     def __init__(
         self,
-        accept: Callable[[Valid], Awaitable[dict[int, EventOutcome]]],
+        accept: Callable[[Valid, Delivery | None], Awaitable[dict[int, EventOutcome]]],
         *,
         workers: int,
         max_events: int,
@@ -270,6 +273,8 @@ class GroupCommit:
         self._max_events = max_events
         self._queue: asyncio.Queue[_Submission] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._waiting: set[asyncio.Task[Any]] = set()  # workers between groups
+        self._stopping = False
 
     def start(self) -> None:
         self._tasks = [
@@ -277,20 +282,30 @@ class GroupCommit:
         ]
 
     async def stop(self) -> None:
+        """Stop the workers; one in the middle of a group finishes it first (its requests
+        may have been answered already, see ``Intake._accept_on_driver``)."""
+        self._stopping = True
         for task in self._tasks:
-            task.cancel()
+            if task in self._waiting:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def submit(self, valid: Valid) -> dict[int, EventOutcome]:
         if not self._tasks:  # not started (e.g. a unit test): accept directly
-            return await self._accept(valid)
+            return await self._accept(valid, None)
         done: asyncio.Future[dict[int, EventOutcome]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Submission(valid, done))
         return await done
 
     async def _run(self) -> None:
-        while True:
-            group = [await self._queue.get()]
+        worker = asyncio.current_task()
+        assert worker is not None  # noqa: S101 - runs as a task
+        while not self._stopping:
+            self._waiting.add(worker)
+            try:
+                group = [await self._queue.get()]
+            finally:
+                self._waiting.discard(worker)
             size = len(group[0].valid)
             while not self._queue.empty() and size < self._max_events:
                 group.append(self._queue.get_nowait())
@@ -304,22 +319,29 @@ class GroupCommit:
             for index, candidate, touchpoint in submission.valid:
                 owner.append((submission, index))
                 combined.append((len(combined), candidate, touchpoint))
+
+        def deliver(outcomes: Mapping[int, EventOutcome]) -> None:
+            results: dict[int, dict[int, EventOutcome]] = {id(s): {} for s in group}
+            for position, (submission, index) in enumerate(owner):
+                results[id(submission)][index] = outcomes[position]
+            for submission in group:
+                if not submission.done.done():
+                    submission.done.set_result(results[id(submission)])
+
         started = time.perf_counter()
         metrics.GROUP_EVENTS.observe(len(combined))
         try:
-            outcomes = await self._accept(combined)
+            outcomes = await self._accept(combined, deliver)
             metrics.GROUP_SECONDS.observe(time.perf_counter() - started)
         except Exception as error:  # noqa: BLE001 - handed to every waiting request
-            for submission in group:
-                if not submission.done.done():
-                    submission.done.set_exception(error)
+            waiting = [s for s in group if not s.done.done()]
+            for submission in waiting:
+                submission.done.set_exception(error)
+            if not waiting:
+                # Answered already: the events were durable before this failed.
+                logger.warning("group failed after its events were acknowledged: %r", error)
             return
-        results: dict[int, dict[int, EventOutcome]] = {id(s): {} for s in group}
-        for position, (submission, index) in enumerate(owner):
-            results[id(submission)][index] = outcomes[position]
-        for submission in group:
-            if not submission.done.done():
-                submission.done.set_result(results[id(submission)])
+        deliver(outcomes)
 
 
 class Intake:
@@ -412,12 +434,12 @@ class Intake:
         return final
 
     async def _accept_valid(
-        self, valid: Sequence[tuple[int, Candidate, Touchpoint]]
+        self, valid: Sequence[tuple[int, Candidate, Touchpoint]], deliver: Delivery | None = None
     ) -> dict[int, EventOutcome]:
         on_driver = all(single_identifier(tp) and c.previous_id is None for _, c, tp in valid)
         accept = self._accept_on_driver if on_driver else self._accept_in_session
         try:
-            progress = _Progress()
+            progress = _Progress(deliver)
             try:
                 return await accept(valid, progress)
             except Exception as error:
@@ -429,7 +451,7 @@ class Intake:
                     raise
                 metrics.CONNECTIONS_LOST.inc()
                 logger.warning("database connection lost (%r); running the group again", error)
-            return await accept(valid, _Progress())
+            return await accept(valid, _Progress(deliver))
         except (TransportUnavailableError, SQLAlchemyTimeoutError) as error:
             unavailable = self._unavailable(
                 "The event log did not acknowledge the events; none was accepted. "
@@ -496,6 +518,14 @@ class Intake:
                         return outcomes
                     resolved = [_resolved(tp, leads[tp.event_id], tp.account) for _, _, tp in fresh]
                     await self._produce(fresh, resolved, outcomes, progress)
+                    if progress.deliver is not None:
+                        # Answer now: the events are durable in the event log. The
+                        # commit only keeps this group's claims and new identities, and
+                        # a PostgreSQL crash could lose those after the commit as well
+                        # (synchronous_commit is off), with the same consequences; see
+                        # "Durability" in docs/architecture.md. Waiting for the commit
+                        # made groups smaller and every request slower.
+                        progress.deliver(outcomes)
                     return outcomes
             except Exception as error:
                 if not driver.is_closed():
@@ -526,8 +556,9 @@ class Intake:
 
 @dataclass
 class _Progress:
-    """How far one attempt at a group got."""
+    """How far one attempt at a group got, and how to answer its requests early."""
 
+    deliver: Delivery | None = None
     producing: bool = False
 
 
