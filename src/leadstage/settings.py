@@ -166,7 +166,12 @@ class IngestSettings(ServiceSettings):
         'JSON, e.g. {"Pricing Viewed": "page_view", "Booth Scan": "custom:booth_scan"}.',
     )
     group_commit_workers: int = Field(
-        default=4, ge=1, le=64, description="Intake transactions running at once."
+        # 3 since the early answer (docs/benchmarks.md, session 8): fewer workers make
+        # bigger groups; 2 gave the same single-event rate, 4 a lower one.
+        default=3,
+        ge=1,
+        le=64,
+        description="Intake transactions running at once.",
     )
     produce_timeout_seconds: float = Field(default=5.0, gt=0)
     max_in_flight: int = Field(default=20_000, ge=1)
