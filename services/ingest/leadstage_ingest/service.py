@@ -258,7 +258,8 @@ class GroupCommit:
     Each worker takes whatever submissions are waiting (up to ``max_events``
     events) and accepts them together, so under load the database and broker
     round trips are paid once per group instead of once per request. A failure
-    fails every request of the group, each of which then answers 503.
+    before the group's answer fails every request of the group, each of which then
+    answers 503; one after it (the commit of a group answered early) is logged.
     """
 
     def __init__(
