@@ -65,7 +65,8 @@ class IngestApp(FastAPI):
     (``HotRoutes``) before FastAPI's own per-request work.
 
     That work is the native-telemetry check (an OpenTelemetry tracer-provider lookup on
-    every request, ~2-3% of a single event's CPU in the profile) and Starlette's entry.
+    every request) and Starlette's entry: 3.0 us per request measured alone, about 2% of
+    a single event's CPU (docs/benchmarks.md).
     The hot routes already skip the stack's layers, telemetry among them (hot_routes.py),
     so they get no FastAPI telemetry span either way. Every other request, lifespan and
     an app mounted under a root path take FastAPI's own ``__call__``.
