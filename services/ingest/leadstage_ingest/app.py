@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from leadstage.credentials import allowed_origins
 from leadstage.db.session import (
@@ -58,33 +58,6 @@ class AllowedOrigins:
             origins = await allowed_origins(session)
         self._cached = (time.monotonic() + self._ttl, origins)
         return origins
-
-
-class IngestApp(FastAPI):
-    """FastAPI, with the two hot intake routes handed to the middleware stack's top
-    (``HotRoutes``) before FastAPI's own per-request work.
-
-    That work is the native-telemetry check (an OpenTelemetry tracer-provider lookup on
-    every request) and Starlette's entry: 3.0 us per request measured alone, about 2% of
-    a single event's CPU (docs/benchmarks.md).
-    The hot routes already skip the stack's layers, telemetry among them (hot_routes.py),
-    so they get no FastAPI telemetry span either way. Every other request, lifespan and
-    an app mounted under a root path take FastAPI's own ``__call__``.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in HOT_ROUTES
-            and not self.root_path
-        ):
-            if self.middleware_stack is None:
-                self.middleware_stack = self.build_middleware_stack()
-            scope["app"] = self
-            await self.middleware_stack(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
@@ -138,7 +111,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             await publisher.stop()  # flushes anything still buffered
             await database.dispose()
 
-    app = IngestApp(
+    app = FastAPI(
         title="LeadStage ingest",
         version="1",
         description="Touchpoint intake: websites, ad tools and CRMs post events here, in "
