@@ -54,12 +54,11 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from leadstage.local import services
 from leadstage.local.usage import cpu_seconds
 from leadstage.transport.base import OutgoingRecord
-from leadstage.transport.kafka import KafkaPublisher
+from leadstage.transport.kafka import KafkaPublisher, delete_topics_with_prefix
 
 SOURCE = "bench"
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -509,17 +508,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
 def seed_accounts(dsn: str, data: Dataset) -> None:
     """The accounts and contact links ingest would have written for these events."""
 
@@ -699,7 +687,7 @@ def main() -> None:
         if not args.keep:
             postgres.drop_database(database)
             with contextlib.suppress(Exception):
-                asyncio.run(delete_topics(kafka.bootstrap_servers, prefix))
+                asyncio.run(delete_topics_with_prefix(kafka.bootstrap_servers, prefix))
     print()
     print(
         f"events={args.events:,} leads={args.leads:,} accounts={args.accounts:,} "

@@ -8,7 +8,11 @@ the same run:
 
 Load comes from wrk (Debian package `wrk`) on loopback, 1 thread, N connections.
 
-    .venv/bin/python bench/ingest_http.py [--seconds 10] [--connections 32]
+    .venv/bin/python bench/ingest_http.py [--seconds 10] [--connections 32] [--rounds 1]
+
+``--rounds N`` measures the no-op endpoint and ingest N times each, alternated, and
+reports every round's ratio and the median run: on a shared 2-core machine one run can
+be 15-30% off, so a change of a few % needs several rounds to be seen.
 
 Needs `make services-up`. Uses a throwaway database and topic prefix.
 """
@@ -22,6 +26,7 @@ import os
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,7 @@ import httpx
 
 from leadstage.local import services
 from leadstage.local.usage import cpu_seconds
+from leadstage.transport.kafka import delete_topics_with_prefix
 
 HERE = Path(__file__).resolve().parent
 EVENT = (
@@ -211,6 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="alternated measurements")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -274,8 +281,8 @@ def main() -> None:
             wait_ready(f"http://127.0.0.1:{noop_port}/docs")
             wait_ready(f"http://127.0.0.1:{ingest_port}/readyz")
 
-            results: dict[str, Run] = {}
-            usage: dict[str, Usage] = {}
+            rounds: dict[str, list[Run]] = {}
+            usage: dict[str, list[Usage]] = {}
             for mode in ("single", "batch"):
                 # A short warm-up, then the measured run.
                 wrk(
@@ -287,36 +294,39 @@ def main() -> None:
                     args.connections,
                     script,
                 )
-                for target, port, server in (
-                    ("noop", noop_port, noop),
-                    ("ingest", ingest_port, ingest),
-                ):
-                    path = "/v1/events/batch" if mode == "batch" else "/v1/events"
-                    metrics_url = f"http://127.0.0.1:{ingest_port}/metrics"
-                    sums, cpu, idle = (
-                        internal_sums(metrics_url),
-                        cpu_seconds(server.pid),
-                        machine_idle(),
-                    )
-                    run = results[f"{target} {mode}"] = wrk(
-                        f"http://127.0.0.1:{port}{path}",
-                        mode,
-                        key,
-                        args.seconds,
-                        args.connections,
-                        script,
-                    )
-                    idle_after = machine_idle()
-                    requests = run.requests_per_second * args.seconds
-                    usage[f"{target} {mode}"] = Usage(
-                        cpu_us_per_request=(cpu_seconds(server.pid) - cpu) / requests * 1e6,
-                        machine_idle=(idle_after[0] - idle[0]) / (idle_after[1] - idle[1]),
-                        internals=(
-                            internal_averages(sums, internal_sums(metrics_url))
-                            if target == "ingest"
-                            else {}
-                        ),
-                    )
+                for _ in range(args.rounds):
+                    for target, port, server in (
+                        ("noop", noop_port, noop),
+                        ("ingest", ingest_port, ingest),
+                    ):
+                        path = "/v1/events/batch" if mode == "batch" else "/v1/events"
+                        metrics_url = f"http://127.0.0.1:{ingest_port}/metrics"
+                        sums, cpu, idle = (
+                            internal_sums(metrics_url),
+                            cpu_seconds(server.pid),
+                            machine_idle(),
+                        )
+                        run = wrk(
+                            f"http://127.0.0.1:{port}{path}",
+                            mode,
+                            key,
+                            args.seconds,
+                            args.connections,
+                            script,
+                        )
+                        idle_after = machine_idle()
+                        requests = run.requests_per_second * args.seconds
+                        used = Usage(
+                            cpu_us_per_request=(cpu_seconds(server.pid) - cpu) / requests * 1e6,
+                            machine_idle=(idle_after[0] - idle[0]) / (idle_after[1] - idle[1]),
+                            internals=(
+                                internal_averages(sums, internal_sums(metrics_url))
+                                if target == "ingest"
+                                else {}
+                            ),
+                        )
+                        rounds.setdefault(f"{target} {mode}", []).append(run)
+                        usage.setdefault(f"{target} {mode}", []).append(used)
             rss = peak_rss_mb(ingest.pid)
         direct = asyncio.run(
             broker_ceiling(kafka.bootstrap_servers, f"bench-{run_id}.touchpoints.v1", 100_000)
@@ -326,8 +336,13 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
         postgres.drop_database(database)
+        asyncio.run(delete_topics_with_prefix(kafka.bootstrap_servers, f"bench-{run_id}."))
 
-    print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, one ingest process, local Kafka")
+    results = {name: median_run(runs) for name, runs in rounds.items()}
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s, one ingest process, local Kafka"
+        + (f", median of {args.rounds} alternated rounds" if args.rounds > 1 else "")
+    )
     print(f"{'run':<15}{'req/s':>10}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, run in results.items():
         print(
@@ -335,28 +350,50 @@ def main() -> None:
             f"{run.p50_ms:>9.1f}{run.p99_ms:>9.1f}{run.errors:>8}"
         )
     print(f"{'direct aiokafka':<15}{'':>10}{direct:>12,.0f}")
-    single, batch = results["ingest single"], results["ingest batch"]
-    print(
-        f"single events vs no-op endpoint (req/s): "
-        f"{single.requests_per_second / results['noop single'].requests_per_second:.2f}"
-    )
-    print(
-        f"batched events vs no-op endpoint (req/s): "
-        f"{batch.requests_per_second / results['noop batch'].requests_per_second:.2f}"
-    )
+    ratios = {
+        mode: [
+            ingest_run.requests_per_second / noop_run.requests_per_second
+            for noop_run, ingest_run in zip(
+                rounds[f"noop {mode}"], rounds[f"ingest {mode}"], strict=True
+            )
+        ]
+        for mode in ("single", "batch")
+    }
+    for mode, label in (("single", "single events"), ("batch", "batched events")):
+        each = " ".join(f"{ratio:.2f}" for ratio in ratios[mode])
+        print(
+            f"{label} vs no-op endpoint (req/s): {statistics.median(ratios[mode]):.2f}"
+            + (f" (rounds: {each})" if args.rounds > 1 else "")
+        )
+    if args.rounds > 1:
+        batched = " ".join(f"{run.events_per_second:,.0f}" for run in rounds["ingest batch"])
+        print(f"batched events/s, rounds: {batched}")
+    batch = results["ingest batch"]
     print(f"batched events vs direct aiokafka (events/s): {batch.events_per_second / direct:.2f}")
     print(f"ingest peak RSS: {rss:.0f} MB")
-    for name, used in usage.items():
-        print(
-            f"{name}: {used.cpu_us_per_request:.0f} us of server CPU per request, "
-            f"machine {used.machine_idle:.0%} idle"
-            + "".join(f", {stat} {value:.4g}" for stat, value in used.internals.items())
-        )
+    for name, used_runs in usage.items():
+        for used in used_runs:
+            print(
+                f"{name}: {used.cpu_us_per_request:.0f} us of server CPU per request, "
+                f"machine {used.machine_idle:.0%} idle"
+                + "".join(f", {stat} {value:.4g}" for stat, value in used.internals.items())
+            )
     json.dump(
         {k: vars(v) for k, v in results.items()}
-        | {"usage": {k: vars(v) for k, v in usage.items()}, "direct": direct, "rss_mb": rss},
+        | {
+            "rounds": {k: [vars(r) for r in runs] for k, runs in rounds.items()},
+            "usage": {k: [vars(u) for u in runs] for k, runs in usage.items()},
+            "direct": direct,
+            "rss_mb": rss,
+        },
         sys.stderr,
     )
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median request rate (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda run: run.requests_per_second)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 if __name__ == "__main__":

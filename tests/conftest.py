@@ -8,6 +8,7 @@ each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from leadstage.db.session import SessionFactory, create_engine, create_session_factory
 from leadstage.local import services
 from leadstage.settings import EngineSettings
+from leadstage.transport.kafka import delete_topics_with_prefix
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ def environment() -> Iterator[Environment]:
     leadstage_cli("topics", env=env.variables("postgres"))
     yield env
     postgres.drop_database(database)
+    asyncio.run(delete_topics_with_prefix(kafka.bootstrap_servers, env.topic_prefix))
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import random
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -27,6 +28,7 @@ from leadstage.events import Touchpoint, TouchpointIn
 from leadstage.local import services
 from leadstage.transport import create_publisher, create_topics
 from leadstage.transport.base import OutgoingRecord
+from leadstage.transport.kafka import delete_topics_with_prefix
 from tests.conftest import Environment, leadstage_cli
 from tests.e2e.conftest import Service, start_service
 
@@ -182,8 +184,9 @@ async def wait_consumed(database_url: str, group: str, *, within: float) -> None
 
 
 @pytest.fixture(scope="module")
-def crash_setup(environment: Environment) -> dict[str, str]:
-    """A topic holding the 100,000 events, and two fresh databases to process them into."""
+def crash_setup(environment: Environment) -> Iterator[dict[str, str]]:
+    """A topic holding the 100,000 events, and fresh databases to process them into
+    (dropped, with the topics, when the module is done)."""
     run = secrets.token_hex(3)
     prefix = f"crash-{run}."
     postgres = services.local_postgres()
@@ -211,7 +214,10 @@ def crash_setup(environment: Environment) -> dict[str, str]:
             await database.dispose()
 
     asyncio.run(publish())
-    return {**urls, "prefix": prefix}
+    yield {**urls, "prefix": prefix}
+    for name in ("clean", "crashed", "pair"):
+        postgres.drop_database(f"crash_{name}_{run}")
+    asyncio.run(delete_topics_with_prefix(environment.kafka_bootstrap_servers, prefix))
 
 
 def engine_env(environment: Environment, setup: dict[str, str], which: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from leadstage.transport.base import (
     TopicPartition,
     TransportUnavailableError,
 )
-from leadstage.transport.kafka import KafkaPublisher
+from leadstage.transport.kafka import KafkaPublisher, delete_topics_with_prefix, ensure_topics
 from leadstage.transport.pglog import partition_for
 from tests.conftest import Environment
 
@@ -206,3 +206,18 @@ async def test_an_unreachable_broker_is_reported_not_hung() -> None:
         await publisher.ping()
     assert time.monotonic() - started < 10
     await publisher.stop()
+
+
+async def test_a_run_deletes_its_own_topics_and_no_others(environment: Environment) -> None:
+    bootstrap = environment.kafka_bootstrap_servers
+    mine, other = f"cleanup-{secrets.token_hex(3)}.", f"kept-{secrets.token_hex(3)}."
+    await ensure_topics(
+        bootstrap, [f"{mine}a", f"{mine}b", f"{other}a"], partitions=1, replication_factor=1
+    )
+    try:
+        deleted = await delete_topics_with_prefix(bootstrap, mine)
+        assert sorted(deleted) == [f"{mine}a", f"{mine}b"]
+        with pytest.raises(ValueError, match="prefix is required"):
+            await delete_topics_with_prefix(bootstrap, "")
+    finally:
+        assert await delete_topics_with_prefix(bootstrap, other) == [f"{other}a"]

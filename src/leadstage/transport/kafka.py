@@ -321,3 +321,23 @@ async def ensure_topics(
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+async def delete_topics_with_prefix(bootstrap_servers: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix`` (a test run's or a
+    benchmark's throwaway topics). Returns their names.
+
+    Left behind, they pile up on the local broker: after a day of runs it held 2,400
+    topics in 14,000 partition directories (17 GB), and its produce latency grew.
+    """
+    if not prefix:
+        raise ValueError("a prefix is required: this must never delete every topic")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        doomed = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()
