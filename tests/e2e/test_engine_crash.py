@@ -190,9 +190,9 @@ def crash_setup(environment: Environment) -> Iterator[dict[str, str]]:
     run = secrets.token_hex(3)
     prefix = f"crash-{run}."
     postgres = services.local_postgres()
+    databases = {name: f"crash_{name}_{run}" for name in ("clean", "crashed", "pair")}
     urls = {}
-    for name in ("clean", "crashed", "pair"):
-        database = f"crash_{name}_{run}"
+    for name, database in databases.items():
         postgres.create_database(database)
         urls[name] = postgres.url(database)
         leadstage_cli("migrate", env={"LEADSTAGE_DATABASE_URL": urls[name]})
@@ -215,8 +215,8 @@ def crash_setup(environment: Environment) -> Iterator[dict[str, str]]:
 
     asyncio.run(publish())
     yield {**urls, "prefix": prefix}
-    for name in ("clean", "crashed", "pair"):
-        postgres.drop_database(f"crash_{name}_{run}")
+    for database in databases.values():
+        postgres.drop_database(database)
     asyncio.run(delete_topics_with_prefix(environment.kafka_bootstrap_servers, prefix))
 
 

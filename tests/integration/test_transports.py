@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import pytest
 
 from leadstage.db.session import SessionFactory
+from leadstage.settings import ServiceSettings
 from leadstage.transport import create_publisher, create_source, create_topics
 from leadstage.transport.base import (
     OutgoingRecord,
@@ -41,33 +42,59 @@ class StoredPositions:
         self.assigned -= partitions
 
 
-async def read_all(source: RecordSource, expected: int, within: float = 20) -> list[Record]:
+async def read_all(
+    source: RecordSource,
+    expected: int,
+    within: float = 20,
+    excluding: Collection[TopicPartition] = (),
+) -> list[Record]:
     records: list[Record] = []
     deadline = time.monotonic() + within
     while len(records) < expected and time.monotonic() < deadline:
-        records += await source.getmany(timeout_ms=200, max_records=1000)
+        records += await source.getmany(timeout_ms=200, max_records=1000, excluding=excluding)
     return records
+
+
+async def fresh_topics(
+    environment: Environment,
+    sessions: SessionFactory,
+    transport: str,
+    *,
+    partitions: int | None = None,
+) -> ServiceSettings:
+    """Settings with topics of their own (a new prefix), created."""
+    update: dict[str, object] = {
+        "topic_prefix": f"{environment.topic_prefix}{secrets.token_hex(3)}."
+    }
+    if partitions is not None:
+        update["topic_partitions"] = partitions
+    settings = environment.settings(transport).model_copy(update=update)
+    await create_topics(settings, sessions)
+    return settings
+
+
+async def publish_all(
+    settings: ServiceSettings, sessions: SessionFactory, *batches: Sequence[OutgoingRecord]
+) -> None:
+    publisher = create_publisher(settings, sessions)
+    await publisher.start()
+    try:
+        for batch in batches:
+            await publisher.publish(settings.touchpoints_topic, batch)
+    finally:
+        await publisher.stop()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_keyed_records_keep_their_order_per_key(
     environment: Environment, sessions: SessionFactory, transport: str
 ) -> None:
-    settings = environment.settings(transport).model_copy(
-        update={"topic_prefix": f"{environment.topic_prefix}{secrets.token_hex(3)}."}
-    )
-    await create_topics(settings, sessions)
-    publisher = create_publisher(settings, sessions)
-    await publisher.start()
+    settings = await fresh_topics(environment, sessions, transport)
     keys = [f"lead-{i}".encode() for i in range(10)]
     batch = [
         OutgoingRecord(key=k, value=f"{k.decode()}:{n}".encode()) for n in range(20) for k in keys
     ]
-    try:
-        await publisher.publish(settings.touchpoints_topic, batch[:100])
-        await publisher.publish(settings.touchpoints_topic, batch[100:])
-    finally:
-        await publisher.stop()
+    await publish_all(settings, sessions, batch[:100], batch[100:])
 
     source = create_source(settings, sessions, topic=settings.touchpoints_topic, group="g")
     await source.start(StoredPositions())
@@ -94,30 +121,16 @@ async def test_a_source_leaves_out_the_partitions_it_is_told_to(
 ) -> None:
     """The engine fetches a second lane's batch from partitions the first lane did not
     take (``excluding``): none of its records may come from those."""
-    settings = environment.settings(transport).model_copy(
-        update={
-            "topic_prefix": f"{environment.topic_prefix}{secrets.token_hex(3)}.",
-            "topic_partitions": 3,
-        }
-    )
-    await create_topics(settings, sessions)
-    publisher = create_publisher(settings, sessions)
-    await publisher.start()
+    settings = await fresh_topics(environment, sessions, transport, partitions=3)
     batch = [OutgoingRecord(key=f"lead-{i}".encode(), value=b"v") for i in range(60)]
-    try:
-        await publisher.publish(settings.touchpoints_topic, batch)
-    finally:
-        await publisher.stop()
+    await publish_all(settings, sessions, batch)
     topic = settings.touchpoints_topic
     excluded = TopicPartition(topic, partition_for(b"lead-0", 3))
     expected = sum(1 for r in batch if partition_for(r.key, 3) != excluded.partition)
     source = create_source(settings, sessions, topic=topic, group=f"g-{secrets.token_hex(3)}")
     await source.start(StoredPositions())
     try:
-        records: list[Record] = []
-        deadline = time.monotonic() + 20
-        while len(records) < expected and time.monotonic() < deadline:
-            records += await source.getmany(timeout_ms=200, max_records=1000, excluding={excluded})
+        records = await read_all(source, expected, excluding={excluded})
         assert excluded not in {r.topic_partition for r in records}
         assert len(records) == expected
         # Nothing of the excluded partition was skipped: asked for, it is all there.
@@ -132,22 +145,10 @@ async def test_a_source_leaves_out_the_partitions_it_is_told_to(
 async def test_a_source_resumes_from_the_stored_positions(
     environment: Environment, sessions: SessionFactory, transport: str
 ) -> None:
-    settings = environment.settings(transport).model_copy(
-        update={
-            "topic_prefix": f"{environment.topic_prefix}{secrets.token_hex(3)}.",
-            "topic_partitions": 1,
-        }
+    settings = await fresh_topics(environment, sessions, transport, partitions=1)
+    await publish_all(
+        settings, sessions, [OutgoingRecord(key=b"k", value=str(n).encode()) for n in range(10)]
     )
-    await create_topics(settings, sessions)
-    publisher = create_publisher(settings, sessions)
-    await publisher.start()
-    try:
-        await publisher.publish(
-            settings.touchpoints_topic,
-            [OutgoingRecord(key=b"k", value=str(n).encode()) for n in range(10)],
-        )
-    finally:
-        await publisher.stop()
     topic = settings.touchpoints_topic
     source = create_source(settings, sessions, topic=topic, group=f"g-{secrets.token_hex(3)}")
     await source.start(StoredPositions({TopicPartition(topic, 0): 6}))
@@ -161,13 +162,7 @@ async def test_a_source_resumes_from_the_stored_positions(
 async def test_publishing_while_the_log_is_concurrently_appended_keeps_offsets_dense(
     environment: Environment, sessions: SessionFactory
 ) -> None:
-    settings = environment.settings("postgres").model_copy(
-        update={
-            "topic_prefix": f"{environment.topic_prefix}{secrets.token_hex(3)}.",
-            "topic_partitions": 2,
-        }
-    )
-    await create_topics(settings, sessions)
+    settings = await fresh_topics(environment, sessions, "postgres", partitions=2)
     publisher = create_publisher(settings, sessions)
 
     async def writer(n: int) -> None:
