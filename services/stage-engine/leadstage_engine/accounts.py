@@ -52,9 +52,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, tuple_, union
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadstage.db.bulk import copy_rows, upsert_rows
 from leadstage.db.models import (
     AccountContact,
     AccountStage,
@@ -450,13 +450,16 @@ async def _update_accounts(
         outbox.extend(facts)
         inserted.extend(added)
     if joined:
-        await session.execute(
-            insert(contacts_table).on_conflict_do_nothing(),
+        await upsert_rows(
+            session,
+            contacts_table,
             [
                 {"account_id": account, "lead_key": lead}
                 for account, leads in sorted(joined.items())
                 for lead in leads
             ],
+            key=("account_id", "lead_key"),
+            on_conflict="nothing",
         )
     if replaced:
         await session.execute(delete(AccountTransition).where(AccountTransition.id.in_(replaced)))
@@ -692,8 +695,9 @@ async def _refold(
         {(account, lead) for (account, _), leads in members.items() for lead in leads}
     )
     if contacts_now:
-        await session.execute(
-            insert(table(AccountContact)),
+        await copy_rows(
+            session,
+            table(AccountContact),
             [{"account_id": account, "lead_key": lead} for account, lead in contacts_now],
         )
     return folds, outbox, rows
@@ -713,26 +717,9 @@ async def _write(
             )
         )
     upserts = [fold.row() for key, fold in sorted(folds.items()) if sum(fold.contacts.values())]
-    if upserts:
-        statement = insert(table(AccountStage))
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["funnel", "account_id"],
-                set_={
-                    **{
-                        column: statement.excluded[column]
-                        for column in upserts[0]
-                        if column not in ("funnel", "account_id")
-                    },
-                    "updated_at": func.now(),
-                },
-            ),
-            upserts,
-        )
-    if transitions:
-        await session.execute(insert(table(AccountTransition)), list(transitions))
-    if outbox:
-        await session.execute(insert(table(OutboxRecord)), list(outbox))
+    await upsert_rows(session, table(AccountStage), upserts, key=("funnel", "account_id"))
+    await copy_rows(session, table(AccountTransition), transitions)
+    await copy_rows(session, table(OutboxRecord), outbox)
 
 
 async def refold_accounts(

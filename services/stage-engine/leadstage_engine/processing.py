@@ -14,16 +14,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from operator import itemgetter
 from typing import Any
 
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy import Table, delete, func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadstage import compact_json
+from leadstage.db.bulk import copy_rows, upsert_rows
 from leadstage.db.models import (
     ConsumerOffset,
     LeadScoreChange,
@@ -643,22 +643,7 @@ async def _advance_leads(
         if fold.last_event is not None
         for versions in [{f.name: f.version for f in funnels}]
     ]
-    if upserts:
-        statement = insert(table(LeadStage))
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["funnel", "lead_key"],
-                set_={
-                    **{
-                        column: statement.excluded[column]
-                        for column in upserts[0]
-                        if column not in ("funnel", "lead_key")
-                    },
-                    "updated_at": func.now(),
-                },
-            ),
-            upserts,
-        )
+    await upsert_rows(session, table(LeadStage), upserts, key=("funnel", "lead_key"))
     await copy_rows(session, table(LeadTransition), transitions)
     await copy_rows(session, table(LeadScoreChange), score_changes)
     await copy_rows(session, table(OutboxRecord), outbox)
@@ -684,27 +669,6 @@ def counted_types(funnels: Sequence[Funnel]) -> frozenset[str] | None:
                 return None
             types.update(str(t) for t in counted)
     return frozenset(types)
-
-
-async def copy_rows(session: AsyncSession, into: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append rows with one ``COPY`` on the session's connection, in its transaction.
-
-    A batch writes about a thousand score-log, transition and outbox rows; COPY sends
-    them in one round trip, without per-row statement parameters. Rows keep their
-    order, so serial ids are assigned as the equivalent ``INSERT`` would. Call it after
-    a statement of the transaction (the driver begins it with the first one)."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    if driver is None:
-        raise RuntimeError("the session's connection is closed")
-    values = itemgetter(*columns)
-    records = (
-        [values(row) for row in rows] if len(columns) > 1 else [(row[columns[0]],) for row in rows]
-    )
-    await driver.copy_records_to_table(into.name, records=records, columns=columns)
 
 
 def _merge_facts(
