@@ -20,6 +20,7 @@ from leadstage.funnels._model import (
 )
 from leadstage.funnels._spec import (
     Allow,
+    Attribute,
     Cond,
     Count,
     FunnelSpec,
@@ -77,6 +78,7 @@ class Funnel:
     """A validated, immutable funnel definition. Build one with the loader functions."""
 
     __slots__ = (
+        "_attributes",
         "_half_lives",
         "_index",
         "_rules",
@@ -112,6 +114,7 @@ class Funnel:
     source: FunnelSource | None
     spec: FunnelSpec
     _index: Mapping[str, int]
+    _attributes: tuple[tuple[str, str, Attribute], ...]
     _half_lives: Mapping[str, float | None]
     _rules: tuple[RuleSpec, ...]
     _rules_by_type: dict[str, tuple[RuleSpec, ...]]
@@ -145,6 +148,12 @@ class Funnel:
             "fingerprint": fingerprint(spec),
             "source": source,
             "_index": MappingProxyType({stage.name: i for i, stage in enumerate(spec.stages)}),
+            # (score, the key it fires once under, attribute), in definition order.
+            "_attributes": tuple(
+                (score, f"attributes:{score}:{attribute.field}", attribute)
+                for score, score_spec in spec.scores.items()
+                for attribute in score_spec.attributes
+            ),
             "_half_lives": MappingProxyType(
                 {name: score.half_life_days for name, score in spec.scores.items()}
             ),
@@ -292,28 +301,26 @@ class Funnel:
         return self._result(state, run, before, at)
 
     def _apply_attributes(self, run: _Step, event: EventView) -> None:
-        for score, spec in self.spec.scores.items():
-            for attribute in spec.attributes:
-                key = f"attributes:{score}:{attribute.field}"
-                if key in run.fired:
-                    continue
-                value, present = lookup(event.account, attribute.field)
-                if not present or value is None:
-                    continue
-                try:
-                    points = next(
-                        (
-                            case.points
-                            for case in attribute.cases
-                            if case.matches(f"account.{attribute.field}", value, True)
-                        ),
-                        0.0,
-                    )
-                except MalformedValueError as err:
-                    run.skipped.append((key, str(err)))
-                    continue
-                run.fired.add(key)
-                self._add(run, key, score, points)
+        for score, key, attribute in self._attributes:
+            if key in run.fired:
+                continue
+            value, present = lookup(event.account, attribute.field)
+            if not present or value is None:
+                continue
+            try:
+                points = next(
+                    (
+                        case.points
+                        for case in attribute.cases
+                        if case.matches("account", attribute.field, value, True)
+                    ),
+                    0.0,
+                )
+            except MalformedValueError as err:
+                run.skipped.append((key, str(err)))
+                continue
+            run.fired.add(key)
+            self._add(run, key, score, points)
 
     def _apply_thresholds(self, run: _Step, before: Mapping[str, float], at: datetime) -> None:
         for score, spec in self.spec.scores.items():

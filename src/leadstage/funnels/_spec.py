@@ -153,12 +153,15 @@ class Cond(_Model):
             raise ValueError("range bounds must all be numbers or all be strings")
         return self
 
-    @property
+    @functools.cached_property
     def operators(self) -> frozenset[str]:
+        # Cached: conditions are evaluated several times per event, and the model is
+        # frozen (the cache is no field: equality, hashing and dumps ignore it).
         return frozenset("in" if name == "in_" else name for name in self.model_fields_set)
 
-    def matches(self, what: str, value: object, present: bool) -> bool:
-        """Whether ``value`` satisfies this condition.
+    def matches(self, section: str, key: str, value: object, present: bool) -> bool:
+        """Whether ``value`` (``key`` of ``section``, e.g. properties) satisfies this
+        condition.
 
         Raises :class:`MalformedValueError` when it cannot say (``regex`` on a number).
         """
@@ -188,14 +191,14 @@ class Cond(_Model):
             ):
                 wanted = "a string" if isinstance(bound, str) else "a number"
                 raise MalformedValueError(
-                    f"{what}: {op} needs {wanted}, got {type(value).__name__}"
+                    f"{section}.{key}: {op} needs {wanted}, got {type(value).__name__}"
                 )
             if not _compare(op, value, bound):
                 return False
         if self.regex is not None:
             if not isinstance(value, str):
                 raise MalformedValueError(
-                    f"{what}: regex needs a string, got {type(value).__name__}"
+                    f"{section}.{key}: regex needs a string, got {type(value).__name__}"
                 )
             if _regex(self.regex).search(value) is None:
                 return False
@@ -242,7 +245,7 @@ def conditions_hold(
 ) -> bool:
     for key, cond in conditions.items():
         value, present = lookup(values, key)
-        if not cond.matches(f"{section}.{key}", value, present):
+        if not cond.matches(section, key, value, present):
             return False
     return True
 
