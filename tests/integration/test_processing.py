@@ -228,3 +228,45 @@ async def test_unreadable_records_are_rejected_with_a_reason_and_do_not_block(
     assert outcome.rejected[1].field is not None
     assert (await lead_state(sessions, lead))["stage"] == "Awareness"
     assert outcome.next_offsets[records[0].topic_partition] == 3
+
+
+def page_view(lead: str, url: str, minute: int, *, offset: int) -> Record:
+    touchpoint = Touchpoint.accept(
+        TouchpointIn(
+            event_id=f"{lead}-view-{minute}",
+            type="page_view",
+            occurred_at=T0 + timedelta(minutes=minute),
+            lead_id=lead,
+            properties={"page_url": url, "title": "a page"},
+        ),
+        source="test",
+        received_at=T0,
+    )
+    return Record("touchpoints", 0, offset, lead.encode(), touchpoint.to_record())
+
+
+async def test_a_counted_rule_counts_the_properties_of_events_from_earlier_batches(
+    sessions: SessionFactory,
+) -> None:
+    """The lead continuing its fold reads only its history's properties; the counted
+    rule (3 pricing-page views in 14 days) must still see them, and only matching ones."""
+    pricing, browsing, group = unique("pricing"), unique("browsing"), unique("group")
+    batches = [
+        [
+            page_view(pricing, "https://example.com/pricing", 1, offset=0),
+            page_view(browsing, "https://example.com/blog", 1, offset=1),
+        ],
+        [
+            page_view(pricing, "https://example.com/pricing?plan=team", 2, offset=2),
+            page_view(browsing, "https://example.com/blog/2", 2, offset=3),
+        ],
+        [
+            page_view(pricing, "https://example.com/pricing#faq", 3, offset=4),
+            page_view(browsing, "https://example.com/pricing", 3, offset=5),
+        ],
+    ]
+    for batch in batches:
+        await apply(sessions, batch, group)
+
+    assert (await lead_state(sessions, pricing))["stage"] == "Interest"
+    assert (await lead_state(sessions, browsing))["stage"] == "Awareness"

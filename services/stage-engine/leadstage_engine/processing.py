@@ -519,8 +519,9 @@ async def _advance_leads(
         | set(rehoming.refold)
     )
     window = max((f.history_window for f in funnels), default=timedelta(0))
-    partial = [lead for lead in lead_keys if lead not in set(full)] if window else []
-    timelines: dict[str, LeadTimeline] = {lead: LeadTimeline() for lead in lead_keys}
+    refolded_in_full = set(full)
+    partial = [lead for lead in lead_keys if lead not in refolded_in_full] if window else []
+    earlier: dict[str, list[FoldedEvent]] = {lead: [] for lead in lead_keys}
     fresh_ids = {(tp.source, tp.event_id) for tp, _ in fresh}
     for leads, since in (
         (full, None),
@@ -531,28 +532,34 @@ async def _advance_leads(
     ):
         if not leads:
             continue
+        # Leads that continue their fold: their history only feeds the counted-window
+        # rules, which look at an event's type and properties. Reading the properties
+        # alone keeps the rest of each payload off the wire and out of the JSON decoder
+        # (decoding whole payloads was a tenth of the engine's CPU at 30,000 leads).
+        properties_only = since is not None
         query = select(
             StoredTouchpoint.lead_key,
             StoredTouchpoint.source,
             StoredTouchpoint.event_id,
             StoredTouchpoint.type,
             StoredTouchpoint.occurred_at,
-            StoredTouchpoint.payload,
+            StoredTouchpoint.payload["properties"] if properties_only else StoredTouchpoint.payload,
         ).where(StoredTouchpoint.lead_key.in_(leads))
         if since is not None:
-            # Leads that continue their fold: their history only feeds the counted-window
-            # rules, which look at their own event types (full refolds need every event).
+            # Only the counted-window rules' span and event types (full refolds need
+            # every event).
             query = query.where(StoredTouchpoint.occurred_at >= since - window)
             types = counted_types(funnels)
             if types is not None:
                 query = query.where(StoredTouchpoint.type.in_(sorted(types)))
-        for lead, source, event_id, event_type, occurred_at, payload in await session.execute(
-            query
-        ):
+        for lead, source, event_id, event_type, occurred_at, values in await session.execute(query):
             if (source, event_id) not in fresh_ids:  # history from before this batch
-                timelines[lead].add(
+                payload = {"properties": values} if properties_only else values
+                earlier[lead].append(
                     FoldedEvent.from_payload(source, event_id, event_type, occurred_at, payload)
                 )
+    # Sorted once per lead, not inserted one by one.
+    timelines = {lead: LeadTimeline(events) for lead, events in earlier.items()}
 
     rewritten: set[tuple[str, str]] = set()
     folds: dict[tuple[str, str], _LeadFold] = {}
