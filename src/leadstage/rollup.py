@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadstage.db.bulk import upsert_rows
 from leadstage.db.models import (
     FunnelRollup,
     FunnelVersion,
@@ -341,7 +342,12 @@ async def _refresh(session: AsyncSession, funnel: Funnel, leads: Sequence[str]) 
     for row in (
         await session.execute(
             select(facts)
-            .where(facts.c.funnel == funnel.name, facts.c.lead_key.in_(leads))
+            # An array, not an IN list of up to 5,000 parameters rendered anew each round
+            # (a primary-key lookup either way).
+            .where(
+                facts.c.funnel == funnel.name,
+                facts.c.lead_key == any_(bindparam("leads", list(leads), type_=ARRAY(String))),
+            )
             .with_for_update()
         )
     ).mappings():
@@ -364,15 +370,7 @@ async def _refresh(session: AsyncSession, funnel: Funnel, leads: Sequence[str]) 
         await session.execute(
             delete(facts).where(facts.c.funnel == funnel.name, facts.c.lead_key.in_(gone))
         )
-    if upserts:
-        statement = insert(facts)
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["funnel", "lead_key"],
-                set_={c: statement.excluded[c] for c in _FACT_COLUMNS if c != "lead_key"},
-            ),
-            upserts,
-        )
+    await upsert_rows(session, facts, upserts, key=("funnel", "lead_key"))
     return len(changed)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 
 from leadstage.db.models import OutboxRecord
 from leadstage.db.session import SessionFactory, unit_of_work
@@ -63,10 +63,11 @@ async def relay_once(
             )
         for topic, records in by_topic.items():
             await publisher.publish(topic, records)
+        # One array parameter, not an IN list of 500: SQLAlchemy renders an IN list's
+        # parameters anew for every execution, and a primary-key lookup plans the same.
         await session.execute(
-            update(OutboxRecord)
-            .where(OutboxRecord.id.in_([row[0] for row in rows]))
-            .values(published_at=text("now()"))
+            text("UPDATE outbox SET published_at = now() WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            {"ids": [row[0] for row in rows]},
         )
         return len(rows)
 
