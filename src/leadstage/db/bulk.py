@@ -59,8 +59,9 @@ async def upsert_rows(
     with ``now()`` when the table has one); ``"nothing"`` keeps the stored row. Every
     row has the keys of the first, and (for updates) no two rows share a key: one
     statement cannot update a row twice. JSON columns take Python values, encoded here
-    with orjson. The statement's text depends only on the table and the columns, so the
-    driver prepares it once per connection whatever the number of rows.
+    with orjson (None is SQL NULL, not JSON ``null``). The statement's text depends only
+    on the table and the columns, so the driver prepares it once per connection whatever
+    the number of rows.
     """
     if not rows:
         return

@@ -28,6 +28,7 @@ from leadstage.funnels._spec import (
     MalformedValueError,
     RuleSpec,
     StageCond,
+    Threshold,
     check_references,
     conditions_hold,
     lookup,
@@ -83,6 +84,7 @@ class Funnel:
         "_index",
         "_rules",
         "_rules_by_type",
+        "_thresholds",
         "account_rule",
         "allow",
         "description",
@@ -118,6 +120,7 @@ class Funnel:
     _half_lives: Mapping[str, float | None]
     _rules: tuple[RuleSpec, ...]
     _rules_by_type: dict[str, tuple[RuleSpec, ...]]
+    _thresholds: tuple[tuple[str, tuple[Threshold, ...]], ...]
 
     def __init__(self, spec: FunnelSpec, source: FunnelSource | None = None) -> None:
         for path, message in check_references(spec):
@@ -153,6 +156,11 @@ class Funnel:
                 (score, f"attributes:{score}:{attribute.field}", attribute)
                 for score, score_spec in spec.scores.items()
                 for attribute in score_spec.attributes
+            ),
+            # Each score's thresholds, lowest first.
+            "_thresholds": tuple(
+                (score, tuple(sorted(score_spec.thresholds, key=lambda t: t.at)))
+                for score, score_spec in spec.scores.items()
             ),
             "_half_lives": MappingProxyType(
                 {name: score.half_life_days for name, score in spec.scores.items()}
@@ -323,9 +331,9 @@ class Funnel:
             self._add(run, key, score, points)
 
     def _apply_thresholds(self, run: _Step, before: Mapping[str, float], at: datetime) -> None:
-        for score, spec in self.spec.scores.items():
+        for score, thresholds in self._thresholds:
             low, high = before.get(score, 0.0), run.scores.get(score, 0.0)
-            for threshold in sorted(spec.thresholds, key=lambda t: t.at):
+            for threshold in thresholds:
                 if not low < threshold.at <= high:
                     continue
                 name = f"threshold:{score}:{threshold.at:g}"
