@@ -49,9 +49,9 @@ from leadstage_engine.processing import _store_touchpoints, apply_batch, parse_r
 PARTITIONS = 6
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every PostgreSQL process on the machine so far (``/proc``)."""
-    ticks = 0
+def postgres_cpu_ticks() -> dict[int, int]:
+    """CPU time (clock ticks) of every PostgreSQL process on the machine, by pid."""
+    ticks: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -62,8 +62,17 @@ def postgres_cpu_seconds() -> float:
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         if name.startswith("postgres"):
             fields = stat[stat.rindex(")") + 2 :].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def postgres_cpu_since(before: dict[int, int]) -> float:
+    """PostgreSQL's CPU seconds since ``before``, over the processes alive now (a
+    process that exited meanwhile, such as an autovacuum worker, is left out rather
+    than subtracted)."""
+    now = postgres_cpu_ticks()
+    used = sum(ticks - before.get(pid, 0) for pid, ticks in now.items())
+    return used / os.sysconf("SC_CLK_TCK")
 
 
 def build_records(events: int, leads: int, accounts: int) -> tuple[list[Record], dataset.Dataset]:
@@ -97,14 +106,14 @@ class Measured:
         self.wall = self.cpu = self.postgres = 0.0
 
     def __enter__(self) -> Measured:
-        self._started = (time.perf_counter(), time.process_time(), postgres_cpu_seconds())
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._postgres = postgres_cpu_ticks()
         return self
 
     def __exit__(self, *_: object) -> None:
-        wall, cpu, postgres = self._started
-        self.wall = time.perf_counter() - wall
-        self.cpu = time.process_time() - cpu
-        self.postgres = postgres_cpu_seconds() - postgres
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+        self.postgres = postgres_cpu_since(self._postgres)
 
     def line(self, label: str) -> str:
         return (
