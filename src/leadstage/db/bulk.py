@@ -100,7 +100,10 @@ def _upsert_statement(
     # quoted; the values travel as bound parameters.
     sql = (
         f"INSERT INTO {_quote(into.name)} ({names}) SELECT {', '.join(selected)}"  # noqa: S608
-        f" FROM unnest({', '.join(arrays)}) AS v({names})"
+        f" FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS v({names}, row_number)"
+        # In the rows' order, so that two writers lock the same rows in the same order
+        # (the callers sort their rows by key) and never wait for each other in a cycle.
+        " ORDER BY row_number"
         f" ON CONFLICT ({', '.join(_quote(c) for c in key)})"
     )
     if on_conflict == "nothing":
