@@ -101,6 +101,9 @@ def migrated_database(name: str) -> str:
 
 
 class Measured:
+    """Wall clock, this process's CPU and PostgreSQL's CPU over a ``with`` block that
+    handles ``events`` events."""
+
     def __init__(self, events: int) -> None:
         self.events = events
         self.wall = self.cpu = self.postgres = 0.0
