@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from leadstage.db.bulk import copy_rows, upsert_rows
 from leadstage.db.models import AccountContact, LeadStage, LeadTransition, table
@@ -143,3 +144,29 @@ async def test_copy_keeps_the_rows_order_for_their_serial_ids(sessions: SessionF
             )
         )
     assert stored == ["lead-3", "lead-1", "lead-2"]
+
+
+async def test_a_failed_copy_raises_as_a_statement_would(sessions: SessionFactory) -> None:
+    """The driver's own error, wrapped as SQLAlchemy wraps a statement's: the engine's
+    consumer retries a DBAPIError (a batch that lost a race with another transaction's
+    insert) instead of dying on an exception it does not expect."""
+    row = {
+        "funnel": f"bulk-{secrets.token_hex(3)}",
+        "lead_key": "lead",
+        "from_stage": None,
+        "to_stage": "engaged",
+        "kind": "entered",
+        "rule": "r",
+        "source": "web",
+        "event_id": "the-same-event",
+        "event_type": "page_view",
+        "occurred_at": T0,
+    }
+    async with unit_of_work(sessions) as session:
+        await session.execute(text("SELECT 1"))
+        await copy_rows(session, table(LeadTransition), [row])
+        with pytest.raises(DBAPIError) as raised:
+            # (funnel, source, event_id) is unique: one transition per event and funnel.
+            await copy_rows(session, table(LeadTransition), [{**row, "lead_key": "other"}])
+        await session.rollback()
+    assert getattr(raised.value.orig, "sqlstate", None) == "23505"  # unique_violation

@@ -19,6 +19,15 @@ moved by a later statement, so they include that batch's: whichever commits
 first, nothing is left behind. A batch that finds its lead's rows gone looks up
 ``merged_leads`` only after its lock, so it sees the merge and follows it.
 
+One race has no lock to wait on: the old lead's *first* batch, still in progress
+(another lane or process), has no committed rows for the delete to wait for. If it
+commits between the delete and the touchpoint move, its touchpoint moves but its
+transitions stay, and the canonical lead's refold then collides with them on
+``(funnel, source, event_id)``. The batch fails with a unique violation, rolls back,
+and the consumer retries it (``copy_rows`` raises a ``DBAPIError`` like any
+statement); the retry sees the committed rows and deletes them. Seen once in CI
+(session 9), where the driver's unwrapped error had stopped the engine instead.
+
 Not handled: reverting a merge (``revert_merge``) does not split the history
 again; the re-homed touchpoints keep their original lead in their payload.
 """

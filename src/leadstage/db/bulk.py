@@ -14,8 +14,10 @@ from functools import cache
 from operator import itemgetter
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import JSON, Table, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import TextClause
 
@@ -42,7 +44,16 @@ async def copy_rows(session: AsyncSession, into: Table, rows: Sequence[Mapping[s
     records = (
         [values(row) for row in rows] if len(columns) > 1 else [(row[columns[0]],) for row in rows]
     )
-    await driver.copy_records_to_table(into.name, records=records, columns=columns)
+    try:
+        await driver.copy_records_to_table(into.name, records=records, columns=columns)
+    except asyncpg.PostgresError as error:
+        # Raised by the driver directly, not through SQLAlchemy: wrap it as SQLAlchemy
+        # wraps a statement's error, so that callers handle a failed COPY like any other
+        # statement (the engine retries a batch that lost a race with another
+        # transaction, and quarantines a record PostgreSQL refuses).
+        raise DBAPIError.instance(
+            f"COPY {into.name}", None, error, asyncpg.PostgresError
+        ) from error
 
 
 async def upsert_rows(
