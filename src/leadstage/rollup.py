@@ -46,16 +46,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadstage.db.bulk import upsert_rows
 from leadstage.db.models import (
     FunnelRollup,
     FunnelVersion,
     LeadFunnelFact,
-    table,
 )
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.firmographics import SIZE_BAND_FLOORS
@@ -192,15 +190,6 @@ def _funnel_params(funnel: Funnel) -> dict[str, Any]:
 CountKey = tuple[str, date, str | None, int, str | None]  # dimension, day, value, furthest, state
 
 
-def _count_keys(fact: dict[str, Any]) -> list[CountKey]:
-    """The count rows one lead's facts add one unit to: the total and one per dimension."""
-    day, furthest, state = fact["entered_day"], fact["furthest_position"], fact["current_state"]
-    return [
-        (TOTAL, day, None, furthest, state),
-        *((column, day, fact[column], furthest, state) for column in SEGMENT_COLUMNS),
-    ]
-
-
 # -- Rounds ---------------------------------------------------------------------------------
 
 
@@ -332,46 +321,69 @@ async def _rebuild(session: AsyncSession, funnel: Funnel, version: int) -> None:
 
 async def _refresh(session: AsyncSession, funnel: Funnel, leads: Sequence[str]) -> int:
     """Recompute these leads' facts in one funnel and apply the difference; returns the
-    number of leads whose facts changed."""
-    rows = await session.execute(
-        text(_facts_sql(every_lead=False)), {**_funnel_params(funnel), "leads": list(leads)}
+    number of leads whose facts changed.
+
+    One statement compares the recomputed facts with the stored ones, writes the
+    changed facts and removes the facts of leads gone from the funnel, and returns the
+    count deltas, summed by count key (only the non-zero ones: a touch that moves no
+    count, the common case, returns nothing). The facts never travel to this process:
+    comparing and summing them here, two dictionaries of fifteen columns per lead, was
+    most of a round's CPU and about a sixth of the engine's under a steady load.
+    """
+    rows = (
+        await session.execute(
+            text(_REFRESH_SQL),
+            {**_funnel_params(funnel), "leads": list(leads), "total": TOTAL},
+        )
+    ).all()
+    changed = int(rows[0].changed)
+    deltas: dict[CountKey, int] = {
+        (row.dimension, row.entered_day, row.value, row.furthest_position, row.current_state): (
+            row.delta
+        )
+        for row in rows
+        if row.dimension is not None  # the one row of a refresh without deltas
+    }
+    await _apply_deltas(session, funnel.name, deltas)
+    return changed
+
+
+def _refresh_sql() -> str:
+    """The statement of :func:`_refresh` (see there)."""
+    facts = ", ".join(_FACT_COLUMNS[1:])  # lead_key aside
+    new, old = (", ".join(f"{side}.{column}" for column in _FACT_COLUMNS[1:]) for side in "no")
+    stored = ", ".join(f"{column} = excluded.{column}" for column in _FACT_COLUMNS[1:])
+    dimensions = ", ".join(
+        ["(:total, NULL::text)", *(f"('{column}', x.{column})" for column in SEGMENT_COLUMNS)]
     )
-    new = {row["lead_key"]: dict(row) for row in rows.mappings()}
-    facts = table(LeadFunnelFact)
-    old: dict[str, dict[str, Any]] = {}
-    for row in (
-        await session.execute(
-            select(facts)
-            # An array, not an IN list of up to 5,000 parameters rendered anew each round
-            # (a primary-key lookup either way).
-            .where(
-                facts.c.funnel == funnel.name,
-                facts.c.lead_key == any_(bindparam("leads", list(leads), type_=ARRAY(String))),
-            )
-            .with_for_update()
-        )
-    ).mappings():
-        old[row["lead_key"]] = {column: row[column] for column in _FACT_COLUMNS}
-    deltas: dict[CountKey, int] = {}
-    changed: list[str] = []
-    for lead in leads:
-        before, after = old.get(lead), new.get(lead)
-        if before == after:
-            continue
-        changed.append(lead)
-        for fact, sign in ((before, -1), (after, 1)):
-            if fact is not None:
-                for key in _count_keys(fact):
-                    deltas[key] = deltas.get(key, 0) + sign
-    await _apply_deltas(session, funnel.name, {k: d for k, d in deltas.items() if d})
-    upserts = [{"funnel": funnel.name, **new[lead]} for lead in changed if lead in new]
-    gone = [lead for lead in changed if lead not in new]
-    if gone:
-        await session.execute(
-            delete(facts).where(facts.c.funnel == funnel.name, facts.c.lead_key.in_(gone))
-        )
-    await upsert_rows(session, facts, upserts, key=("funnel", "lead_key"))
-    return len(changed)
+    return (
+        f"WITH new AS ({_facts_sql(every_lead=False)}),"  # noqa: S608 - constants only, values bound
+        f" old AS (SELECT lead_key, {facts} FROM lead_funnel_facts"
+        "  WHERE funnel = :funnel AND lead_key = ANY(CAST(:leads AS text[])) FOR UPDATE),"
+        " changed AS (SELECT coalesce(n.lead_key, o.lead_key) AS lead_key,"
+        "  n.lead_key IS NULL AS gone"
+        "  FROM new n FULL JOIN old o ON o.lead_key = n.lead_key"
+        f"  WHERE ({new}) IS DISTINCT FROM ({old})),"
+        f" written AS (INSERT INTO lead_funnel_facts (funnel, lead_key, {facts})"
+        f"  SELECT :funnel, n.lead_key, {new} FROM new n JOIN changed c USING (lead_key)"
+        "  ORDER BY n.lead_key"
+        f"  ON CONFLICT (funnel, lead_key) DO UPDATE SET {stored}),"
+        " removed AS (DELETE FROM lead_funnel_facts f USING changed c"
+        "  WHERE f.funnel = :funnel AND f.lead_key = c.lead_key AND c.gone),"
+        # Each changed lead takes its old contribution off the counts and adds its new one.
+        f" contributions AS (SELECT -1 AS sign, {old}"
+        "  FROM old o JOIN changed c USING (lead_key)"
+        f"  UNION ALL SELECT 1, {new} FROM new n JOIN changed c USING (lead_key)),"
+        " deltas AS (SELECT d.dimension, x.entered_day, d.value, x.furthest_position,"
+        "  x.current_state, sum(x.sign)::int AS delta"
+        f"  FROM contributions x CROSS JOIN LATERAL (VALUES {dimensions}) d(dimension, value)"
+        "  GROUP BY 1, 2, 3, 4, 5 HAVING sum(x.sign) <> 0)"
+        " SELECT (SELECT count(*) FROM changed) AS changed, d.*"
+        " FROM (SELECT) AS one LEFT JOIN deltas d ON true"
+    )
+
+
+_REFRESH_SQL = _refresh_sql()
 
 
 def _sort_key(key: CountKey) -> tuple[Any, ...]:
