@@ -353,6 +353,12 @@ def _refresh_sql() -> str:
     facts = ", ".join(_FACT_COLUMNS[1:])  # lead_key aside
     new, old = (", ".join(f"{side}.{column}" for column in _FACT_COLUMNS[1:]) for side in "no")
     stored = ", ".join(f"{column} = excluded.{column}" for column in _FACT_COLUMNS[1:])
+    # What a lead's count keys are made of: a lead whose facts changed in other columns
+    # only (its last touch, most often) adds to the same counts as before.
+    counted = ("entered_day", "furthest_position", "current_state", *SEGMENT_COLUMNS)
+    new_counted, old_counted = (
+        ", ".join(f"{side}.{column}" for column in counted) for side in "no"
+    )
     dimensions = ", ".join(
         ["(:total, NULL::text)", *(f"('{column}', x.{column})" for column in SEGMENT_COLUMNS)]
     )
@@ -361,7 +367,8 @@ def _refresh_sql() -> str:
         f" old AS (SELECT lead_key, {facts} FROM lead_funnel_facts"
         "  WHERE funnel = :funnel AND lead_key = ANY(CAST(:leads AS text[])) FOR UPDATE),"
         " changed AS (SELECT coalesce(n.lead_key, o.lead_key) AS lead_key,"
-        "  n.lead_key IS NULL AS gone"
+        "  n.lead_key IS NULL AS gone,"
+        f"  ({new_counted}) IS DISTINCT FROM ({old_counted}) AS moved"
         "  FROM new n FULL JOIN old o ON o.lead_key = n.lead_key"
         f"  WHERE ({new}) IS DISTINCT FROM ({old})),"
         f" written AS (INSERT INTO lead_funnel_facts (funnel, lead_key, {facts})"
@@ -370,10 +377,11 @@ def _refresh_sql() -> str:
         f"  ON CONFLICT (funnel, lead_key) DO UPDATE SET {stored}),"
         " removed AS (DELETE FROM lead_funnel_facts f USING changed c"
         "  WHERE f.funnel = :funnel AND f.lead_key = c.lead_key AND c.gone),"
-        # Each changed lead takes its old contribution off the counts and adds its new one.
-        f" contributions AS (SELECT -1 AS sign, {old}"
-        "  FROM old o JOIN changed c USING (lead_key)"
-        f"  UNION ALL SELECT 1, {new} FROM new n JOIN changed c USING (lead_key)),"
+        # A lead that moved takes its old contribution off the counts and adds its new one.
+        f" contributions AS (SELECT -1 AS sign, {old_counted}"
+        "  FROM old o JOIN changed c USING (lead_key) WHERE c.moved"
+        f"  UNION ALL SELECT 1, {new_counted}"
+        "  FROM new n JOIN changed c USING (lead_key) WHERE c.moved),"
         " deltas AS (SELECT d.dimension, x.entered_day, d.value, x.furthest_position,"
         "  x.current_state, sum(x.sign)::int AS delta"
         f"  FROM contributions x CROSS JOIN LATERAL (VALUES {dimensions}) d(dimension, value)"
