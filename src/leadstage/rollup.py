@@ -43,7 +43,6 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
@@ -187,9 +186,6 @@ def _funnel_params(funnel: Funnel) -> dict[str, Any]:
     }
 
 
-CountKey = tuple[str, date, str | None, int, str | None]  # dimension, day, value, furthest, state
-
-
 # -- Rounds ---------------------------------------------------------------------------------
 
 
@@ -320,15 +316,17 @@ async def _rebuild(session: AsyncSession, funnel: Funnel, version: int) -> None:
 
 
 async def _refresh(session: AsyncSession, funnel: Funnel, leads: Sequence[str]) -> int:
-    """Recompute these leads' facts in one funnel and apply the difference; returns the
-    number of leads whose facts changed.
+    """Recompute these leads' facts in one funnel and apply the difference to its counts;
+    returns the number of leads whose facts changed.
 
-    One statement compares the recomputed facts with the stored ones, writes the
-    changed facts and removes the facts of leads gone from the funnel, and returns the
-    count deltas, summed by count key (only the non-zero ones: a touch that moves no
-    count, the common case, returns nothing). The facts never travel to this process:
-    comparing and summing them here, two dictionaries of fifteen columns per lead, was
-    most of a round's CPU and about a sixth of the engine's under a steady load.
+    One statement (``_REFRESH_SQL``) compares the recomputed facts with the stored ones,
+    writes the changed facts, removes the facts of leads gone from the funnel, adds the
+    count deltas to the day counts and, summed by month, to the month counts, and
+    returns the count rows that reached 0, which a second statement deletes. Nothing
+    per lead travels to this process: fetching both sets of facts and comparing and
+    summing them here, two dictionaries of fifteen columns per lead and sixteen count
+    keys per changed lead, was most of a round's CPU, and a sixth of the engine's under
+    a steady load.
     """
     rows = (
         await session.execute(
@@ -336,16 +334,29 @@ async def _refresh(session: AsyncSession, funnel: Funnel, leads: Sequence[str]) 
             {**_funnel_params(funnel), "leads": list(leads), "total": TOTAL},
         )
     ).all()
-    changed = int(rows[0].changed)
-    deltas: dict[CountKey, int] = {
-        (row.dimension, row.entered_day, row.value, row.furthest_position, row.current_state): (
-            row.delta
-        )
-        for row in rows
-        if row.dimension is not None  # the one row of a refresh without deltas
-    }
-    await _apply_deltas(session, funnel.name, deltas)
-    return changed
+    for counts, period in _COUNTS_TABLES:
+        emptied = [row for row in rows if row.counts == counts]
+        if emptied:
+            await session.execute(
+                text(_delete_emptied_sql(counts, period)),
+                {
+                    "funnel": funnel.name,
+                    "dimensions": [row.dimension for row in emptied],
+                    "periods": [row.period for row in emptied],
+                    "vals": [row.value for row in emptied],
+                    "furthest": [row.furthest_position for row in emptied],
+                    "states": [row.current_state for row in emptied],
+                },
+            )
+    return int(rows[0].changed)
+
+
+#: The count tables a round keeps, with their period column (constants of this module).
+_COUNTS_TABLES = (
+    ("funnel_stage_counts", "entered_day"),
+    ("funnel_stage_month_counts", "entered_month"),
+)
+_COUNT_KEY = "dimension, {period}, value, furthest_position, current_state"
 
 
 def _refresh_sql() -> str:
@@ -362,6 +373,7 @@ def _refresh_sql() -> str:
     dimensions = ", ".join(
         ["(:total, NULL::text)", *(f"('{column}', x.{column})" for column in SEGMENT_COLUMNS)]
     )
+    day_key, month_key = (_COUNT_KEY.format(period=period) for _, period in _COUNTS_TABLES)
     return (
         f"WITH new AS ({_facts_sql(every_lead=False)}),"  # noqa: S608 - constants only, values bound
         f" old AS (SELECT lead_key, {facts} FROM lead_funnel_facts"
@@ -383,91 +395,53 @@ def _refresh_sql() -> str:
         f"  UNION ALL SELECT 1, {new_counted}"
         "  FROM new n JOIN changed c USING (lead_key) WHERE c.moved),"
         " deltas AS (SELECT d.dimension, x.entered_day, d.value, x.furthest_position,"
-        "  x.current_state, sum(x.sign)::int AS delta"
+        "  x.current_state, sum(x.sign) AS units"
         f"  FROM contributions x CROSS JOIN LATERAL (VALUES {dimensions}) d(dimension, value)"
-        "  GROUP BY 1, 2, 3, 4, 5 HAVING sum(x.sign) <> 0)"
-        " SELECT (SELECT count(*) FROM changed) AS changed, d.*"
-        " FROM (SELECT) AS one LEFT JOIN deltas d ON true"
+        "  GROUP BY 1, 2, 3, 4, 5 HAVING sum(x.sign) <> 0),"
+        " days AS (INSERT INTO funnel_stage_counts"
+        f"  (funnel, {day_key}, units) SELECT :funnel, {day_key}, units FROM deltas"
+        # Count rows are written in key order (NULL values first).
+        "  ORDER BY 2, 3, 4 NULLS FIRST, 5, 6 NULLS FIRST"
+        f"  ON CONFLICT (funnel, {day_key})"
+        "  DO UPDATE SET units = funnel_stage_counts.units + excluded.units"
+        f"  RETURNING {day_key}, units),"
+        " months AS (INSERT INTO funnel_stage_month_counts"
+        f"  (funnel, {month_key}, units)"
+        "  SELECT :funnel, dimension, date_trunc('month', entered_day)::date, value,"
+        "   furthest_position, current_state, sum(units) FROM deltas"
+        "  GROUP BY 2, 3, 4, 5, 6 HAVING sum(units) <> 0"
+        "  ORDER BY 2, 3, 4 NULLS FIRST, 5, 6 NULLS FIRST"
+        f"  ON CONFLICT (funnel, {month_key})"
+        "  DO UPDATE SET units = funnel_stage_month_counts.units + excluded.units"
+        f"  RETURNING {month_key}, units),"
+        # The count rows that reached 0, for the statement after this one to delete (this
+        # one cannot: its parts all see the rows as they were before it).
+        " emptied AS (SELECT 'funnel_stage_counts' AS counts, dimension,"
+        "  entered_day AS period, value, furthest_position, current_state"
+        "  FROM days WHERE units = 0"
+        "  UNION ALL SELECT 'funnel_stage_month_counts', dimension, entered_month, value,"
+        "  furthest_position, current_state FROM months WHERE units = 0)"
+        " SELECT (SELECT count(*) FROM changed) AS changed, e.*"
+        " FROM (SELECT) AS one LEFT JOIN emptied e ON true"
     )
 
 
 _REFRESH_SQL = _refresh_sql()
 
 
-def _sort_key(key: CountKey) -> tuple[Any, ...]:
-    dimension, day, value, furthest, state = key
+def _delete_emptied_sql(counts: str, period: str) -> str:
+    """Delete the given count rows of one counts table if they hold 0 units."""
     return (
-        dimension,
-        day,
-        value is not None,
-        value or "",
-        furthest,
-        state is not None,
-        state or "",
+        f"DELETE FROM {counts} c USING unnest(CAST(:dimensions AS text[]),"  # noqa: S608 - constants only, values bound
+        " CAST(:periods AS date[]), CAST(:vals AS text[]), CAST(:furthest AS int[]),"
+        " CAST(:states AS text[])) AS z(dimension, period, value, furthest_position,"
+        " current_state)"
+        " WHERE c.funnel = :funnel AND c.units = 0"
+        f" AND c.dimension = z.dimension AND c.{period} = z.period"
+        " AND c.value IS NOT DISTINCT FROM z.value"
+        " AND c.furthest_position = z.furthest_position"
+        " AND c.current_state IS NOT DISTINCT FROM z.current_state"
     )
-
-
-async def _apply_deltas(session: AsyncSession, funnel: str, deltas: dict[CountKey, int]) -> None:
-    """Add the deltas to the day counts and, summed by month, to the month counts."""
-    monthly: dict[CountKey, int] = {}
-    for (dimension, day, value, furthest, state), delta in deltas.items():
-        key = (dimension, day.replace(day=1), value, furthest, state)
-        monthly[key] = monthly.get(key, 0) + delta
-    await _apply_to(session, funnel, deltas, "funnel_stage_counts", "entered_day")
-    await _apply_to(
-        session,
-        funnel,
-        {k: d for k, d in monthly.items() if d},
-        "funnel_stage_month_counts",
-        "entered_month",
-    )
-
-
-async def _apply_to(
-    session: AsyncSession, funnel: str, deltas: dict[CountKey, int], counts: str, period: str
-) -> None:
-    """Add the deltas to one counts table (in key order) and delete the rows that reach 0
-    (``counts`` and its ``period`` column are constants of this module)."""
-    if not deltas:
-        return
-    keys = sorted(deltas, key=_sort_key)
-    columns = {
-        "dimensions": [k[0] for k in keys],
-        "days": [k[1] for k in keys],
-        "vals": [k[2] for k in keys],
-        "furthest": [k[3] for k in keys],
-        "states": [k[4] for k in keys],
-        "deltas": [deltas[k] for k in keys],
-    }
-    unnest = (
-        "unnest(CAST(:dimensions AS text[]), CAST(:days AS date[]), CAST(:vals AS text[]),"
-        " CAST(:furthest AS int[]), CAST(:states AS text[]), CAST(:deltas AS bigint[]))"
-        f" WITH ORDINALITY AS z(dimension, {period}, value, furthest_position,"
-        " current_state, units, n)"
-    )
-    await session.execute(
-        text(
-            f"INSERT INTO {counts}"  # noqa: S608 - constants only, values bound
-            f" (funnel, dimension, {period}, value, furthest_position, current_state, units)"
-            f" SELECT :funnel, z.dimension, z.{period}, z.value, z.furthest_position,"
-            f"  z.current_state, z.units FROM {unnest} ORDER BY z.n"
-            f" ON CONFLICT (funnel, dimension, {period}, value, furthest_position,"
-            f"  current_state) DO UPDATE SET units = {counts}.units + excluded.units"
-        ),
-        {"funnel": funnel, **columns},
-    )
-    if any(delta < 0 for delta in deltas.values()):
-        await session.execute(
-            text(
-                f"DELETE FROM {counts} c USING {unnest}"  # noqa: S608 - constants only, values bound
-                " WHERE c.funnel = :funnel AND c.units = 0 AND z.units < 0"
-                f" AND c.dimension = z.dimension AND c.{period} = z.{period}"
-                " AND c.value IS NOT DISTINCT FROM z.value"
-                " AND c.furthest_position = z.furthest_position"
-                " AND c.current_state IS NOT DISTINCT FROM z.current_state"
-            ),
-            {"funnel": funnel, **columns},
-        )
 
 
 # -- Running --------------------------------------------------------------------------------
