@@ -14,6 +14,7 @@ import asyncio
 import logging
 
 from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from leadstage.db.models import OutboxRecord
 from leadstage.db.session import SessionFactory, unit_of_work
@@ -79,7 +80,11 @@ async def relay_forever(
     while True:
         try:
             published = await relay_once(sessions, publisher, topic)
-        except (TransportUnavailableError, OSError) as error:
+        except (TransportUnavailableError, OSError, SQLAlchemyError) as error:
+            # The broker or the database is away, or the transaction's connection was
+            # lost: nothing was marked published, so the next round publishes the same
+            # rows again. The relay must outlive it: a relay that stopped here would
+            # leave every later change unpublished while the engine goes on.
             logger.warning("outbox relay could not publish (%r); retrying", error)
             published = 0
             if stopping.is_set():

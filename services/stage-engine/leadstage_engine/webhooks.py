@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from leadstage.db.models import WebhookDeadLetter, WebhookSubscription
 from leadstage.db.session import SessionFactory, unit_of_work
@@ -94,9 +95,29 @@ class WebhookDispatcher:
                     records = await self._source.getmany(timeout_ms=300, max_records=1000)
                     if records:
                         async with self._lock:
-                            await self._deliver_batch(http, records)
+                            await self._deliver_until_stored(http, records)
         finally:
             await self._source.stop()
+
+    async def _deliver_until_stored(
+        self, http: httpx.AsyncClient, records: Sequence[Record]
+    ) -> None:
+        """Deliver the batch and store its position, again after a database error (the
+        lost connection of a failover, say) until that works or the dispatcher stops: a
+        dispatcher that ended on it would deliver nothing more while the engine goes on.
+        A repeat delivers the batch's changes again, with the same change ids, as a
+        restart would."""
+        while True:
+            try:
+                await self._deliver_batch(http, records)
+                return
+            except (SQLAlchemyError, OSError) as error:
+                logger.warning(
+                    "webhook dispatcher could not store its position (%r); retrying", error
+                )
+                if self._stopping.is_set():
+                    return  # not stored: delivered again after the restart
+                await asyncio.sleep(1)
 
     async def _active(self) -> list[Subscription]:
         loaded_at, cached = self._subscriptions
