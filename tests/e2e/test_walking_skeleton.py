@@ -191,21 +191,14 @@ async def test_sigterm_stops_the_engine_cleanly(stack: Stack) -> None:
         await wait_for_stage(http, stack, lead, "Awareness", within=30)
 
 
-async def test_every_stage_change_is_published(stack: Stack, environment: Environment) -> None:
+async def published_changes(
+    stack: Stack, environment: Environment, lead: str, count: int
+) -> list[dict[str, Any]]:
+    """The first ``count`` changes of ``lead`` in the default funnel, read from the
+    lead-stage-changed topic (up to 20 s)."""
     from leadstage.db.session import create_engine, create_session_factory
     from leadstage.transport import create_source
     from tests.integration.test_transports import StoredPositions
-
-    lead = new_lead()
-    async with httpx.AsyncClient(timeout=10) as http:
-        for event_type, at in (("page_view", "10:00"), ("meeting_scheduled", "10:30")):
-            response = await http.post(
-                f"{stack.ingest.url}/v1/events",
-                headers=stack.write_headers,
-                json={"type": event_type, "lead_id": lead, "occurred_at": f"2026-11-20T{at}:00Z"},
-            )
-            assert response.status_code == 202
-        await wait_for_stage(http, stack, lead, "Opportunity")
 
     settings = environment.settings(stack.env["LEADSTAGE_TRANSPORT"])
     database = create_engine(settings, application_name="changes-reader")
@@ -219,7 +212,7 @@ async def test_every_stage_change_is_published(stack: Stack, environment: Enviro
     changes: list[dict[str, Any]] = []
     deadline = time.monotonic() + 20
     try:
-        while len(changes) < 2 and time.monotonic() < deadline:
+        while len(changes) < count and time.monotonic() < deadline:
             for record in await source.getmany(timeout_ms=300, max_records=1000):
                 change = json.loads(record.value)
                 # Every active funnel publishes its own changes; follow the default one.
@@ -228,6 +221,22 @@ async def test_every_stage_change_is_published(stack: Stack, environment: Enviro
     finally:
         await source.stop()
         await database.dispose()
+    return changes
+
+
+async def test_every_stage_change_is_published(stack: Stack, environment: Environment) -> None:
+    lead = new_lead()
+    async with httpx.AsyncClient(timeout=10) as http:
+        for event_type, at in (("page_view", "10:00"), ("meeting_scheduled", "10:30")):
+            response = await http.post(
+                f"{stack.ingest.url}/v1/events",
+                headers=stack.write_headers,
+                json={"type": event_type, "lead_id": lead, "occurred_at": f"2026-11-20T{at}:00Z"},
+            )
+            assert response.status_code == 202
+        await wait_for_stage(http, stack, lead, "Opportunity")
+
+    changes = await published_changes(stack, environment, lead, 2)
     assert [(c["event"], c["from_stage"], c["to_stage"], c["transition"]) for c in changes] == [
         ("LeadStageChanged", None, "Awareness", "entered"),
         ("LeadStageChanged", "Awareness", "Opportunity", "skipped"),
