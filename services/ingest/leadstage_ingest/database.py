@@ -6,7 +6,8 @@ round trips as the group's own work on the common path. Ingest does without it:
 
 * a connection the server closed while it sat in the pool (a restarted or terminated
   backend) is known closed to asyncpg already, without a round trip: the checkout
-  check below refuses it, and the pool replaces it with a new connection;
+  check (``refuse_closed_connections``) refuses it, and the pool replaces it with a new
+  connection;
 * a connection that breaks while a group uses it fails that group's statement; the
   intake then runs the group once more on a fresh connection, if nothing of it had
   been produced yet (see ``Intake._accept_valid``).
@@ -14,14 +15,10 @@ round trips as the group's own work on the common path. Ingest does without it:
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection
 
-from leadstage.db.session import create_engine
+from leadstage.db.session import create_engine, refuse_closed_connections
 from leadstage.settings import ServiceSettings
 
 
@@ -32,19 +29,9 @@ class ConnectionLostError(Exception):
 def create_ingest_engine(
     settings: ServiceSettings, *, application_name: str = "leadstage-ingest"
 ) -> AsyncEngine:
-    engine = create_engine(settings, application_name=application_name, pre_ping=False)
-    event.listen(engine.sync_engine, "checkout", refuse_closed_connection)
-    return engine
-
-
-def refuse_closed_connection(
-    _dbapi_connection: Any, _record: Any, proxy: PoolProxiedConnection
-) -> None:
-    """Pool checkout hook: a connection asyncpg knows to be closed is replaced (the pool
-    invalidates it and connects anew when this raises ``DisconnectionError``)."""
-    driver = proxy.driver_connection
-    if driver is None or driver.is_closed():
-        raise DisconnectionError("PostgreSQL closed this pooled connection")
+    return refuse_closed_connections(
+        create_engine(settings, application_name=application_name, pre_ping=False)
+    )
 
 
 def connection_lost(error: BaseException) -> bool:

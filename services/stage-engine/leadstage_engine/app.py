@@ -18,7 +18,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from leadstage.db.partitions import maintain_touchpoint_partitions
-from leadstage.db.session import create_engine, create_session_factory, ping
+from leadstage.db.session import (
+    create_engine,
+    create_session_factory,
+    ping,
+    refuse_closed_connections,
+)
 from leadstage.gc_tuning import tune_garbage_collector
 from leadstage.http import health_router, install_error_handlers
 from leadstage.rollup import roll_up_forever
@@ -35,10 +40,13 @@ logger = logging.getLogger(__name__)
 def create_app(settings: EngineSettings) -> FastAPI:
     # No pre-ping: it cost three round trips (BEGIN, ping, ROLLBACK) on every
     # transaction, 40 times a second from the two outbox relays alone, about 3% of the
-    # engine's CPU. Every user of this pool retries after a database error instead (the
-    # consumer's batch, the relays, the webhook dispatchers, the rollup and partition
-    # tasks), and SQLAlchemy replaces a pool whose connection was found dead.
-    database = create_engine(settings, application_name="leadstage-engine", pre_ping=False)
+    # engine's CPU. A connection the server closed while pooled is refused at checkout
+    # at no cost; one that breaks in use fails its statement, and every user of this
+    # pool retries after a database error (the consumer's batch, the relays, the
+    # webhook dispatchers, the rollup and partition tasks).
+    database = refuse_closed_connections(
+        create_engine(settings, application_name="leadstage-engine", pre_ping=False)
+    )
     sessions = create_session_factory(database)
     source = create_source(
         settings, sessions, topic=settings.touchpoints_topic, group=settings.consumer_group

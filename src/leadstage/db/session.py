@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import PoolProxiedConnection
 
 from leadstage import compact_json
 from leadstage.settings import ServiceSettings
@@ -57,6 +60,26 @@ def create_engine(
         json_deserializer=compact_json.loads,
         connect_args={"server_settings": {"application_name": application_name}},
     )
+
+
+def refuse_closed_connections(engine: AsyncEngine) -> AsyncEngine:
+    """For a pool without pre-ping (``pre_ping=False``): a connection the server closed
+    while it sat in the pool (a restarted or terminated backend) is refused at checkout
+    and replaced. asyncpg knows it is closed already, so this costs no round trip; a
+    connection that breaks after checkout still fails its statement, and the caller
+    retries."""
+    event.listen(engine.sync_engine, "checkout", _refuse_closed_connection)
+    return engine
+
+
+def _refuse_closed_connection(
+    _dbapi_connection: Any, _record: Any, proxy: PoolProxiedConnection
+) -> None:
+    """Pool checkout hook: the pool invalidates the connection and connects anew when
+    this raises ``DisconnectionError``."""
+    driver = proxy.driver_connection
+    if driver is None or driver.is_closed():
+        raise DisconnectionError("PostgreSQL closed this pooled connection")
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
