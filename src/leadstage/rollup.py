@@ -421,6 +421,7 @@ def _refresh_sql() -> str:
         "  FROM days WHERE units = 0"
         "  UNION ALL SELECT 'funnel_stage_month_counts', dimension, entered_month, value,"
         "  furthest_position, current_state FROM months WHERE units = 0)"
+        # One row at least (the count of changed leads), and one per emptied count row.
         " SELECT (SELECT count(*) FROM changed) AS changed, e.*"
         " FROM (SELECT) AS one LEFT JOIN emptied e ON true"
     )
