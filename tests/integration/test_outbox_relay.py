@@ -45,8 +45,8 @@ async def published_change_ids(bootstrap: str, topic: str, expected: int) -> set
     return seen
 
 
-async def backend_waiting_on_the_outbox(blocker: asyncpg.Connection) -> int:
-    """The pid of the backend that waits for ``blocker``'s lock on ``outbox``."""
+async def backend_blocked_by(blocker: asyncpg.Connection) -> int:
+    """The pid of the backend that waits for a lock ``blocker``'s transaction holds."""
     async with asyncio.timeout(30):
         while True:
             pid = await blocker.fetchval(
@@ -87,7 +87,7 @@ async def test_the_relay_publishes_every_change_after_its_connection_was_lost(
         await holding.start()
         await blocker.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
         relay = asyncio.create_task(relay_forever(sessions, publisher, topic, stopping))
-        waiting = await backend_waiting_on_the_outbox(blocker)
+        waiting = await backend_blocked_by(blocker)
         assert await blocker.fetchval("SELECT pg_terminate_backend($1)", waiting)
         await holding.rollback()
 
