@@ -13,8 +13,11 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -92,3 +95,39 @@ async def database(environment: Environment) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(scope="session")
 def sessions(database: AsyncEngine) -> SessionFactory:
     return create_session_factory(database)
+
+
+class Receiver:
+    """A real HTTP endpoint on loopback that records what it is sent (a webhook
+    subscriber)."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/leadstage"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    endpoint = Receiver()
+    endpoint.thread.start()
+    yield endpoint
+    endpoint.server.shutdown()
+    endpoint.server.server_close()

@@ -10,25 +10,13 @@ from __future__ import annotations
 
 import secrets
 
-import asyncpg  # type: ignore[import-untyped]
 import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Environment
 from tests.e2e.conftest import Stack
 from tests.e2e.test_walking_skeleton import published_changes, wait_for_stage
-
-
-async def end_engine_connections(environment: Environment) -> int:
-    """Terminate every connection of the engine's pool; return how many there were."""
-    admin = await asyncpg.connect(environment.database_url.replace("+asyncpg", ""))
-    try:
-        ended = await admin.fetchval(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = 'leadstage-engine'"
-        )
-    finally:
-        await admin.close()
-    return int(ended)
+from tests.integration.test_ingest_stale_connections import terminate_backends
 
 
 async def post(http: httpx.AsyncClient, stack: Stack, lead: str, event_type: str, at: str) -> None:
@@ -41,14 +29,15 @@ async def post(http: httpx.AsyncClient, stack: Stack, lead: str, event_type: str
 
 
 async def test_the_engine_goes_on_after_the_server_ended_its_connections(
-    stack: Stack, environment: Environment
+    stack: Stack, environment: Environment, database: AsyncEngine
 ) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         before = f"lead-{secrets.token_hex(4)}"
         await post(http, stack, before, "page_view", "10:00")
         await wait_for_stage(http, stack, before, "Awareness")
 
-        assert await end_engine_connections(environment) > 0
+        # Every connection of the engine's pool, idle or not.
+        assert await terminate_backends(database, "leadstage-engine") > 0
 
         after = f"lead-{secrets.token_hex(4)}"
         await post(http, stack, after, "page_view", "10:00")

@@ -8,56 +8,17 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from leadstage.db.models import WebhookDeadLetter
 from leadstage.db.session import SessionFactory
-from tests.conftest import leadstage_cli
+from tests.conftest import Receiver, leadstage_cli
 from tests.e2e.conftest import Stack, free_port, last_line
 from tests.e2e.test_walking_skeleton import wait_for_stage
-
-
-class Receiver:
-    """A real HTTP endpoint on loopback that records what it is sent."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/leadstage"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    endpoint = Receiver()
-    endpoint.thread.start()
-    yield endpoint
-    endpoint.server.shutdown()
-    endpoint.server.server_close()
 
 
 async def test_changes_are_delivered_signed_and_a_dead_endpoint_is_dead_lettered(

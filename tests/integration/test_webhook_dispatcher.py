@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterator
 
 import asyncpg  # type: ignore[import-untyped]
-import pytest
 from sqlalchemy import text
 
 from leadstage.db.models import WebhookSubscription
@@ -21,18 +19,8 @@ from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.transport.base import OutgoingRecord
 from leadstage.transport.kafka import KafkaPublisher, KafkaRecordSource, ensure_topics
 from leadstage_engine.webhooks import WebhookDispatcher
-from tests.conftest import Environment
-from tests.e2e.test_webhooks import Receiver
+from tests.conftest import Environment, Receiver
 from tests.integration.test_outbox_relay import backend_blocked_by
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    endpoint = Receiver()
-    endpoint.thread.start()
-    yield endpoint
-    endpoint.server.shutdown()
-    endpoint.server.server_close()
 
 
 async def delivered(receiver: Receiver, change_id: str, times: int) -> int:
