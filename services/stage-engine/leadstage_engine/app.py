@@ -43,7 +43,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
     # engine's CPU. A connection the server closed while pooled is refused at checkout
     # at no cost; one that breaks in use fails its statement, and every user of this
     # pool retries after a database error (the consumer's batch, the relays, the
-    # webhook dispatchers, the rollup and partition tasks).
+    # webhook dispatchers, the rollup and partition tasks, the event log's reads).
     database = refuse_closed_connections(
         create_engine(settings, application_name="leadstage-engine", pre_ping=False)
     )

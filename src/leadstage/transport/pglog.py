@@ -9,6 +9,7 @@ publish that is committed. One engine process reads every partition.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from itertools import groupby
@@ -28,6 +29,8 @@ from leadstage.transport.base import (
     TopicPartition,
     TransportUnavailableError,
 )
+
+logger = logging.getLogger(__name__)
 
 #: How often an idle reader looks for new records.
 POLL_INTERVAL_SECONDS = 0.02
@@ -150,6 +153,20 @@ class PostgresLogSource:
             await asyncio.sleep(POLL_INTERVAL_SECONDS)
 
     async def _read(self, partitions: Sequence[TopicPartition], max_records: int) -> list[Record]:
+        try:
+            return await self._read_once(partitions, max_records)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            # A connection the server ended (a restart, a failover; pools without a
+            # pre-ping meet it here first). Reading moves nothing: read again on a fresh
+            # connection, as the pool has replaced its connections by now.
+            logger.warning("event log read lost its connection (%r); reading again", error)
+            return await self._read_once(partitions, max_records)
+
+    async def _read_once(
+        self, partitions: Sequence[TopicPartition], max_records: int
+    ) -> list[Record]:
         # Each partition gets its share of the batch, so a backlog on one partition
         # does not starve the others (one query, a LATERAL read per partition).
         per_partition = max(1, max_records // len(partitions))
