@@ -4,6 +4,9 @@ Dead letters keep the original bytes of the record and, in the ``leadstage.dlq``
 header, why it was refused (error kind, field, message, source, and where it
 came from). ``replay`` republishes the original payloads to the raw topic with
 their source, so ingest checks them again exactly as it did the first time.
+
+A payload over ``MAX_PAYLOAD_BYTES`` is kept only up to that size, so that every
+dead letter fits in a produce request (see ``dead_letter``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,27 @@ from leadstage.db.session import SessionFactory
 from leadstage.settings import ServiceSettings
 from leadstage.transport import create_publisher, create_source
 from leadstage.transport.base import OutgoingRecord, Record, TopicPartition
+
+#: The most of a payload a dead letter keeps. A record near the broker's size limit (1 MiB
+#: by default) would not fit in a produce request with the reason's headers added: its
+#: dead letter would fail for good, and the writer retrying it would hold up everything
+#: behind it (the engine's partition, ingest's later dead letters). No payload this large
+#: is a valid event (events are limited to a few tens of KB), so nothing replayable is
+#: lost; the reason records the original size.
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+def dead_letter(key: bytes, payload: bytes, reason: Mapping[str, Any]) -> OutgoingRecord:
+    """The dead letter of a refused record: its key, its payload (cut to
+    ``MAX_PAYLOAD_BYTES``) and why it was refused, in the ``leadstage.dlq`` header."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        reason = {**reason, "payload_bytes": len(payload), "payload_truncated": True}
+        payload = payload[:MAX_PAYLOAD_BYTES]
+    return OutgoingRecord(
+        key=key,
+        value=payload,
+        headers={"leadstage.dlq": json.dumps(reason), "error_kind": str(reason["error_kind"])},
+    )
 
 
 class _FromStart:
@@ -70,7 +94,9 @@ def describe(record: Record, *, payload_chars: int = 300) -> dict[str, Any]:
 async def replay(
     settings: ServiceSettings, sessions: SessionFactory, *, kind: str | None = None
 ) -> int:
-    """Republish ingest's dead letters (optionally of one error kind) to the raw topic."""
+    """Republish ingest's dead letters (optionally of one error kind) to the raw topic.
+
+    Cut payloads are not republished: only part of the record is there."""
     publisher = create_publisher(settings, sessions)
     await publisher.start()
     replayed = 0
@@ -79,6 +105,8 @@ async def replay(
         async for record in dead_letters(settings, sessions):
             reason = reason_of(record)
             if reason.get("rejected_by") != "ingest" or (kind and reason.get("error_kind") != kind):
+                continue
+            if reason.get("payload_truncated"):
                 continue
             headers = {"leadstage.replayed-from": f"{record.partition}:{record.offset}"}
             if reason.get("source"):

@@ -9,6 +9,7 @@ import time
 
 import httpx
 
+from leadstage import dlq
 from leadstage.db.session import create_engine, create_session_factory
 from leadstage.transport import create_publisher, create_source
 from leadstage.transport.base import OutgoingRecord, Record, TopicPartition
@@ -74,3 +75,58 @@ async def test_poison_records_are_dead_lettered_with_the_reason(
     assert all(r["source_topic"] == settings.touchpoints_topic for r in reasons)
     assert reasons[0]["source_offset"] + 1 == reasons[1]["source_offset"]
     assert reasons[1]["message"]
+
+
+#: Just below a produce request's limit (1 MiB, aiokafka's and the broker's default):
+#: the record itself is accepted, but with a dead letter's reason headers it would not be.
+NEAR_LIMIT_BYTES = 1_048_576 - 128
+
+
+async def test_a_record_too_large_to_dead_letter_whole_is_cut_and_does_not_stop_the_engine(
+    stack: Stack, environment: Environment
+) -> None:
+    settings = environment.settings(stack.env["LEADSTAGE_TRANSPORT"])
+    database = create_engine(settings, application_name="dlq-test")
+    sessions = create_session_factory(database)
+    marker = f"huge-{secrets.token_hex(4)}"
+    huge = b"{" + b"x" * (NEAR_LIMIT_BYTES - 1)  # not JSON: dead-lettered
+    publisher = create_publisher(settings, sessions)
+    await publisher.start()
+    try:
+        await publisher.publish(
+            settings.touchpoints_topic, [OutgoingRecord(key=marker.encode(), value=huge)]
+        )
+    finally:
+        await publisher.stop()
+
+    lead = f"after-{marker}"
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{stack.ingest.url}/v1/events",
+            headers=stack.write_headers,
+            json={"type": "page_view", "lead_id": lead, "occurred_at": "2026-11-20T10:00:00Z"},
+        )
+        assert response.status_code == 202
+        await wait_for_stage(http, stack, lead, "Awareness", within=30)
+
+    source = create_source(
+        settings, sessions, topic=settings.dead_letter_topic, group=f"dlq-reader-{marker}"
+    )
+    await source.start(FromStart())
+    found: list[Record] = []
+    deadline = time.monotonic() + 20
+    try:
+        while not found and time.monotonic() < deadline:
+            records = await source.getmany(timeout_ms=200, max_records=500)
+            found += [r for r in records if r.key == marker.encode()]
+    finally:
+        await source.stop()
+        await database.dispose()
+
+    [letter] = found
+    reason = json.loads(letter.headers["leadstage.dlq"])
+    assert reason["error_kind"] == "json_invalid"
+    assert reason["payload_bytes"] == len(huge)
+    assert reason["payload_truncated"] is True
+    assert len(letter.value) == dlq.MAX_PAYLOAD_BYTES
+    assert huge.startswith(letter.value)

@@ -408,6 +408,41 @@ async def test_the_kafka_raw_intake_forwards_valid_records_and_dead_letters_the_
     assert all(isinstance(letter["source_offset"], int) for letter in letters)
 
 
+@pytest.mark.parametrize("stack", ["kafka"], indirect=True)
+async def test_a_raw_record_too_large_to_dead_letter_whole_is_cut_and_later_ones_follow(
+    stack: Stack, environment: Environment, sessions: SessionFactory
+) -> None:
+    from leadstage.transport import create_publisher
+    from leadstage.transport.base import OutgoingRecord
+
+    settings = environment.settings("kafka")
+    marker = tag()
+    # Just below a produce request's limit (1 MiB): the record is accepted, and its dead
+    # letter, with the reason's headers added, would not be unless it is cut.
+    huge = f'{{"type": "page_view", "m": "{marker}", "pad": "'.encode()
+    huge += b"x" * (1_048_576 - 128 - len(huge) - 2) + b'"}'
+    later = f"{{broken later {marker}".encode()
+    publisher = create_publisher(settings, sessions)
+    await publisher.start()
+    try:
+        for value in (huge, later):  # two requests: the first must not hold up the second
+            await publisher.publish(
+                settings.raw_touchpoints_topic,
+                [OutgoingRecord(key=b"", value=value, headers={"write-key": stack.write_key})],
+            )
+    finally:
+        await publisher.stop()
+    letters = await dead_letters_matching(environment, stack, sessions, marker, 2)
+    by_kind = {letter["error_kind"]: letter for letter in letters}
+    assert sorted(by_kind) == ["json_invalid", "size_violation"]
+    cut = by_kind["size_violation"]
+    assert cut["payload_bytes"] == len(huge)
+    assert cut["payload_truncated"] is True
+    assert len(cut["payload"]) == dlq.MAX_PAYLOAD_BYTES
+    assert huge.startswith(cut["payload"].encode())
+    assert by_kind["json_invalid"]["payload"] == later.decode()
+
+
 async def test_dlq_inspect_lists_dead_letters_with_their_reason(stack: Stack) -> None:
     marker = tag()
     async with httpx.AsyncClient(timeout=10) as http:

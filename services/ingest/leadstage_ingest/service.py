@@ -34,6 +34,7 @@ from sqlalchemy import delete, text
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from leadstage import dlq
 from leadstage.credentials import CachedLookup, Source, find_write_key
 from leadstage.db.models import IngestDedup
 from leadstage.db.session import SessionFactory, unit_of_work
@@ -212,11 +213,7 @@ class DeadLetters:
         if raw is None:
             raw = candidate.original
         value = raw if raw is not None else json.dumps(candidate.raw, default=str).encode()
-        record = OutgoingRecord(
-            key=(source or "").encode(),
-            value=value,
-            headers={"leadstage.dlq": json.dumps(reason), "error_kind": rejection.kind},
-        )
+        record = dlq.dead_letter((source or "").encode(), value, reason)
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:

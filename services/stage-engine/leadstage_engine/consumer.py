@@ -9,7 +9,6 @@ for positions: on assignment the consumer seeks to what it stored there.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 
+from leadstage import dlq
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.settings import EngineSettings
 from leadstage.transport.base import (
@@ -297,11 +297,7 @@ def dead_letter_record(rejection: Rejection, *, stage: str) -> OutgoingRecord:
         "source_partition": record.partition,
         "source_offset": record.offset,
     }
-    return OutgoingRecord(
-        key=record.key or b"",
-        value=record.value,  # the original payload, byte for byte
-        headers={"leadstage.dlq": json.dumps(reason), "error_kind": rejection.error_kind},
-    )
+    return dlq.dead_letter(record.key or b"", record.value, reason)  # the original bytes
 
 
 def offset_ranges(records: Sequence[Record]) -> tuple[str, str, str]:
