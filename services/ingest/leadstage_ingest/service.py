@@ -183,8 +183,9 @@ class DeadLetters:
         self._queue: asyncio.Queue[OutgoingRecord] = asyncio.Queue(maxsize=capacity)
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="dead-letters")
+        return self._task
 
     async def stop(self) -> None:
         await self.flush()
@@ -274,10 +275,11 @@ class GroupCommit:
         self._waiting: set[asyncio.Task[Any]] = set()  # workers between groups
         self._stopping = False
 
-    def start(self) -> None:
+    def start(self) -> list[asyncio.Task[None]]:
         self._tasks = [
             asyncio.create_task(self._run(), name=f"group-commit-{n}") for n in range(self._workers)
         ]
+        return self._tasks
 
     async def stop(self) -> None:
         """Stop the workers; one in the middle of a group finishes it first (its requests
@@ -371,8 +373,9 @@ class Intake:
             max_events=settings.max_batch_events,
         )
 
-    def start(self) -> None:
-        self._group_commit.start()
+    def start(self) -> list[asyncio.Task[None]]:
+        """Start the group-commit workers (returned, so that the app can watch them)."""
+        return self._group_commit.start()
 
     async def stop(self) -> None:
         await self._group_commit.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from leadstage.gc_tuning import tune_garbage_collector
 from leadstage.http import health_router, install_error_handlers
 from leadstage.rollup import roll_up_forever
 from leadstage.settings import EngineSettings
+from leadstage.supervision import TaskFailures, terminate_this_process
 from leadstage.transport import create_publisher, create_source
 from leadstage_engine.consumer import StageEngine
 from leadstage_engine.outbox import relay_forever
@@ -74,13 +74,13 @@ def create_app(settings: EngineSettings) -> FastAPI:
         )
     ]
 
-    def _exit_on_crash(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("stage engine failed", exc_info=task.exception())
-            app.state.failed = True  # `leadstage engine` then exits with status 1
-            # Let uvicorn shut down cleanly; the supervisor restarts the process,
-            # which resumes from the offsets stored in PostgreSQL.
-            os.kill(os.getpid(), signal.SIGTERM)
+    def stop_failed() -> None:
+        app.state.failed = True  # `leadstage engine` then exits with status 1
+        # uvicorn shuts down cleanly; the supervisor restarts the process, and every
+        # task resumes from what is stored in PostgreSQL.
+        terminate_this_process()
+
+    failures = TaskFailures(stop_failed)
 
     partitions_stopping = asyncio.Event()
 
@@ -90,39 +90,46 @@ def create_app(settings: EngineSettings) -> FastAPI:
         # collections; without this, full collections took about a fifth of the CPU.
         tune_garbage_collector()
         await publisher.start()
-        loop_task = asyncio.create_task(engine.run(), name="stage-engine")
-        loop_task.add_done_callback(_exit_on_crash)
+        loop_task = failures.watch(asyncio.create_task(engine.run(), name="stage-engine"))
         webhook_tasks = (
             [
-                asyncio.create_task(dispatcher.run(), name=f"webhooks-{n}")
+                failures.watch(asyncio.create_task(dispatcher.run(), name=f"webhooks-{n}"))
                 for n, dispatcher in enumerate(webhooks)
             ]
             if settings.webhooks_enabled
             else []
         )
-        partitions_task = asyncio.create_task(
-            maintain_touchpoint_partitions(sessions, partitions_stopping),
-            name="touchpoint-partitions",
+        partitions_task = failures.watch(
+            asyncio.create_task(
+                maintain_touchpoint_partitions(sessions, partitions_stopping),
+                name="touchpoint-partitions",
+            )
         )
         # The funnel summary's aggregates follow the leads this process (and others) changed.
-        rollup_task = asyncio.create_task(
-            roll_up_forever(
-                sessions,
-                partitions_stopping,
-                every_seconds=settings.rollup_interval_seconds,
-                limit=settings.rollup_batch_leads,
-            ),
-            name="funnel-rollup",
+        rollup_task = failures.watch(
+            asyncio.create_task(
+                roll_up_forever(
+                    sessions,
+                    partitions_stopping,
+                    every_seconds=settings.rollup_interval_seconds,
+                    limit=settings.rollup_batch_leads,
+                ),
+                name="funnel-rollup",
+            )
         )
         relay_tasks = [
-            asyncio.create_task(
-                relay_forever(sessions, publisher, topic, relay_stopping),
-                name=f"outbox-relay-{topic}",
+            failures.watch(
+                asyncio.create_task(
+                    relay_forever(sessions, publisher, topic, relay_stopping),
+                    name=f"outbox-relay-{topic}",
+                )
             )
             for topic in (settings.lead_stage_changed_topic, settings.account_stage_changed_topic)
         ]
         # SIGHUP re-reads the funnel files; a bad file is logged and changes nothing.
-        reload_task = asyncio.create_task(funnels.reload_on_request(), name="funnel-reload")
+        reload_task = failures.watch(
+            asyncio.create_task(funnels.reload_on_request(), name="funnel-reload")
+        )
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, funnels.request_reload)
         try:
             yield
@@ -136,7 +143,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
             engine.request_stop()
             try:
                 await asyncio.wait_for(loop_task, timeout=60)
-            except Exception:  # noqa: BLE001 - already logged by _exit_on_crash
+            except Exception:  # noqa: BLE001 - already logged by TaskFailures
                 logger.warning("stage engine did not stop cleanly")
             relay_stopping.set()
             _done, undrained = await asyncio.wait(relay_tasks, timeout=30)

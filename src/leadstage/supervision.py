@@ -1,0 +1,54 @@
+"""A service process ends when one of its long-running tasks fails.
+
+A service's background tasks (the engine's consume loop, its outbox relays and
+webhook dispatchers, ingest's dead-letter writer...) each retry what they expect to
+fail (a lost connection, an unreachable broker). Anything else ends the task. A
+task that ended that way in silence would leave a process that answers its health
+checks but no longer publishes changes, delivers webhooks or writes dead letters.
+So a failed task stops the whole process, non-zero, and its supervisor restarts it:
+every task resumes from what is stored (offsets in PostgreSQL, the unpublished
+outbox rows), so a restart loses and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+TaskT = TypeVar("TaskT", bound="asyncio.Task[Any]")
+
+
+def terminate_this_process() -> None:
+    """What a supervisor's stop does: uvicorn shuts the app down cleanly on SIGTERM."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class TaskFailures:
+    """Watches a service's long-running tasks; the first that fails stops the process.
+
+    ``failed`` tells the caller to exit non-zero. A task that returns or is cancelled
+    (as at shutdown) is not a failure.
+    """
+
+    def __init__(self, stop: Callable[[], None] = terminate_this_process) -> None:
+        self._stop = stop
+        self.failed = False
+
+    def watch(self, task: TaskT) -> TaskT:
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        logger.error("task %s failed; stopping the process", task.get_name(), exc_info=error)
+        if not self.failed:
+            self.failed = True
+            self._stop()
