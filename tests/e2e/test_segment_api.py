@@ -166,3 +166,52 @@ async def test_segment_errors_use_the_envelope(stack: Stack) -> None:
     assert no_event.json()["error"]["details"][0]["field"] == "event"
     assert wrong_type.status_code == 422
     assert no_key.status_code == 401
+
+
+async def test_odd_segment_input_is_answered_per_message_never_with_a_500(stack: Stack) -> None:
+    base = stack.ingest.url
+    ahead = "2099-01-01T00:00:00Z"  # sentAt far ahead: every time is corrected backwards
+    async with httpx.AsyncClient(timeout=10, auth=(stack.write_key, "")) as http:
+        batch = await http.post(
+            f"{base}/v1/batch",
+            json={
+                "sentAt": ahead,
+                "batch": [
+                    {"type": "track", "event": "X", "userId": f"u-{t()}"},
+                    # .NET's DateTime.MinValue: out of range once corrected.
+                    {
+                        "type": "track",
+                        "event": "X",
+                        "userId": f"u-{t()}",
+                        "timestamp": "0001-01-01T00:00:00Z",
+                    },
+                    {
+                        "type": "track",
+                        "event": "X",
+                        "userId": "u",
+                        "properties": {"b": "x" * 40_000},
+                    },
+                ],
+            },
+        )
+        nul_context = await http.post(
+            f"{base}/v1/batch",
+            json={
+                "context": {"campaign": {"name": "spring\u0000"}},
+                "batch": [{"type": "page", "anonymousId": f"a-{t()}"}],
+            },
+        )
+    async with httpx.AsyncClient(timeout=10) as no_basic_auth:
+        numeric_key = await no_basic_auth.post(
+            f"{base}/v1/track", json={"writeKey": 123, "type": "track", "event": "X", "userId": "u"}
+        )
+    assert batch.status_code == 200
+    results = batch.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "rejected", "rejected"]
+    assert results[1]["error"]["kind"] == "timestamp_out_of_range"
+    assert results[1]["error"]["field"] == "timestamp"
+    assert results[2]["error"]["kind"] == "size_violation"
+    assert nul_context.status_code == 422
+    assert nul_context.json()["error"]["details"][0]["field"] == "context.campaign.name"
+    assert numeric_key.status_code == 422
+    assert numeric_key.json()["error"]["details"][0]["field"] == "writeKey"

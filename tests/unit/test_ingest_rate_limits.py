@@ -44,21 +44,35 @@ async def test_a_key_gets_its_rate_per_moving_second() -> None:
     assert await admitted(limits, source, 6)  # 10
 
 
-async def test_a_batch_over_the_whole_rate_is_refused_and_keys_are_separate() -> None:
+async def test_keys_are_separate() -> None:
     clock = Clock()
     limits = RateLimits(3, clock=clock)
     small = Source(key_id=1, name="web")  # no rate of its own: the default, 3
     other = Source(key_id=2, name="crm")
-    assert not await admitted(limits, small, 4)
     assert await admitted(limits, small, 3)
     assert not await admitted(limits, small, 1)
     assert await admitted(limits, other, 3)  # its own window
 
 
+async def test_a_batch_over_the_whole_rate_is_admitted_alone_then_the_key_waits() -> None:
+    clock = Clock()
+    limits = RateLimits(3, clock=clock)
+    source = Source(key_id=1, name="web")
+    assert await admitted(limits, source, 1)
+    assert not await admitted(limits, source, 4)  # over the rate, and the window holds 1
+    clock.now += 1.0  # the 1 left the window
+    assert await admitted(limits, source, 4)  # alone in an empty window: never refused forever
+    clock.now += 0.9
+    assert not await admitted(limits, source, 1)  # the 4 still fill the window
+    clock.now += 0.1
+    assert await admitted(limits, source, 3)
+
+
 async def test_the_refusal_names_the_key_and_its_rate() -> None:
     limits = RateLimits(2, clock=Clock())
+    await limits.take(Source(key_id=7, name="ads"), 2, retry_after=9)
     with pytest.raises(ApiError) as refused:
-        await limits.take(Source(key_id=7, name="ads"), 3, retry_after=9)
+        await limits.take(Source(key_id=7, name="ads"), 1, retry_after=9)
     assert refused.value.status_code == 429
     assert refused.value.headers == {"Retry-After": "9"}
     assert refused.value.code == "rate_limited"

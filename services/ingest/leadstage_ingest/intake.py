@@ -6,6 +6,7 @@ with its field and reason, and the event goes to the dead-letter topic.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from leadstage_ingest.validation import (
     ErrorKind,
     Limits,
     Rejected,
+    check_size,
     check_structure,
     check_time,
     may_contain_nul,
@@ -37,6 +39,8 @@ from leadstage_ingest.validation import (
     to_touchpoint,
     to_touchpoints,
 )
+
+logger = logging.getLogger(__name__)
 
 TouchpointBody = TouchpointIn
 
@@ -68,7 +72,12 @@ def parse_object(body: bytes) -> Mapping[str, Any]:
     return parsed
 
 
-body_write_key = segment.body_write_key
+def body_write_key(body: Mapping[str, Any]) -> str | None:
+    """The ``writeKey`` in a Segment body; one that is not a string is answered 422."""
+    try:
+        return segment.body_write_key(body)
+    except segment.SegmentMappingError as error:
+        raise _error(Rejected(ErrorKind.SCHEMA_VIOLATION, error.field, error.reason)) from error
 
 
 def native_candidate(
@@ -91,7 +100,16 @@ def native_candidate(
         )
     except Rejected as rejection:
         return Candidate(raw=raw, rejection=rejection)
+    except Exception:  # noqa: BLE001 - one event's failure must not sink its batch
+        return Candidate(raw=raw, rejection=_processing_error(source))
     return Candidate(raw=raw, touchpoint=touchpoint)
+
+
+def _processing_error(source: str) -> Rejected:
+    """An event whose checks raised an unexpected error: a bug of ours, on this input.
+    Logged with the traceback; the event is rejected and dead-lettered on its own."""
+    logger.exception("an event from source=%s could not be checked", source)
+    return Rejected(ErrorKind.PROCESSING_ERROR, None, "the event could not be processed")
 
 
 async def single_event(intake: Intake, body: bytes, source: Source) -> EventResult:
@@ -225,6 +243,7 @@ def segment_candidate(
     batch_sent_at: datetime | None = None,
     batch_context: Mapping[str, Any] | None = None,
     config: segment.SegmentMappingConfig = segment.DEFAULT_CONFIG,
+    size_known_below: int | None = None,
 ) -> Candidate:
     try:
         if not isinstance(message, Mapping):
@@ -235,6 +254,7 @@ def segment_candidate(
             )
         if expected_type is not None and "type" not in message:
             message = {**message, "type": expected_type}
+        check_size(message, limits, size_known_below=size_known_below)
         check_structure(message, limits)
         try:
             mapped = segment.to_touchpoint(
@@ -244,12 +264,16 @@ def segment_candidate(
                 batch_sent_at=batch_sent_at,
                 batch_context=batch_context,
             )
+        except segment.SegmentTimeOutOfRangeError as error:
+            raise Rejected(ErrorKind.TIMESTAMP_OUT_OF_RANGE, error.field, error.reason) from error
         except segment.SegmentMappingError as error:
             raise Rejected(ErrorKind.SCHEMA_VIOLATION, error.field, error.reason) from error
         check_time(mapped.touchpoint.occurred_at, received_at=received_at, limits=limits)
+        touchpoint = Touchpoint.accept(mapped.touchpoint, source=source, received_at=received_at)
     except Rejected as rejection:
         return Candidate(raw=message, rejection=rejection)
-    touchpoint = Touchpoint.accept(mapped.touchpoint, source=source, received_at=received_at)
+    except Exception:  # noqa: BLE001 - one message's failure must not sink its batch
+        return Candidate(raw=message, rejection=_processing_error(source))
     return Candidate(raw=message, touchpoint=touchpoint, previous_id=mapped.previous_id)
 
 
@@ -260,12 +284,19 @@ async def segment_messages(
     *,
     expected_type: str | None = None,
     envelope: Mapping[str, Any] | None = None,
+    body_size: int | None = None,
 ) -> SegmentAccepted:
     received_at = datetime.now(UTC)
     batch_sent_at: datetime | None = None
     batch_context: Mapping[str, Any] | None = None
     if envelope is not None:
         _, batch_sent_at, batch_context = segment.split_batch(envelope)
+        if batch_context is not None:
+            # Merged into every message: checked as a message's own context would be.
+            try:
+                check_structure({"context": batch_context}, intake.limits)
+            except Rejected as rejection:
+                raise _error(rejection) from rejection
     candidates = [
         segment_candidate(
             m,
@@ -276,6 +307,7 @@ async def segment_messages(
             batch_sent_at=batch_sent_at,
             batch_context=batch_context,
             config=intake.segment_config,
+            size_known_below=body_size,
         )
         for m in messages
     ]

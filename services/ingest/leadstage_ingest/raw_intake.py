@@ -155,12 +155,19 @@ class RawIntake:
         if isinstance(payload, Mapping) and is_segment_shaped(payload):
             message = {"messageId": fallback_id, **payload}
             candidate = segment_candidate(
-                message, sender.name, received_at, limits, config=self._intake.segment_config
+                message,
+                sender.name,
+                received_at,
+                limits,
+                config=self._intake.segment_config,
+                size_known_below=len(record.value),
             )
         else:
             if isinstance(payload, Mapping) and "event_id" not in payload:
                 payload = {**payload, "event_id": fallback_id}
-            candidate = native_candidate(payload, sender.name, received_at, limits)
+            candidate = native_candidate(
+                payload, sender.name, received_at, limits, size_known_below=len(record.value)
+            )
         candidate.origin = origin
         candidate.original = record.value  # dead letters keep the bytes as produced
         return sender.name, candidate

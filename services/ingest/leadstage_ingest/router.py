@@ -165,7 +165,7 @@ def _segment_route(message_type: str) -> None:
         source = await _authorised(request, key or http_intake.body_write_key(message), 1)
         intake: Intake = request.app.state.intake
         result = await http_intake.segment_messages(
-            intake, [message], source, expected_type=message_type
+            intake, [message], source, expected_type=message_type, body_size=len(body)
         )
         _cors(request, response, source)
         return result
@@ -205,7 +205,9 @@ async def post_segment_batch(
     )
     source = await _authorised(request, key or http_intake.body_write_key(envelope), len(messages))
     intake: Intake = request.app.state.intake
-    result = await http_intake.segment_messages(intake, messages, source, envelope=envelope)
+    result = await http_intake.segment_messages(
+        intake, messages, source, envelope=envelope, body_size=len(body)
+    )
     _cors(request, response, source)
     return result
 

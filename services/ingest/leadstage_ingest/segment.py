@@ -82,6 +82,7 @@ __all__ = [
     "SegmentMappingConfig",
     "SegmentMappingError",
     "SegmentMessageType",
+    "SegmentTimeOutOfRangeError",
     "body_write_key",
     "custom_type_name",
     "split_batch",
@@ -100,6 +101,11 @@ class SegmentMappingError(ValueError):
         super().__init__(f"{field}: {reason}" if field else reason)
         self.field = field
         self.reason = reason
+
+
+class SegmentTimeOutOfRangeError(SegmentMappingError):
+    """A message whose time cannot be represented once corrected for clock skew (such as
+    .NET's ``DateTime.MinValue``, year 1, sent by a client whose clock runs ahead)."""
 
 
 class SegmentMessageType(StrEnum):
@@ -509,7 +515,10 @@ def _event_time(
         return received_at, "timestamp"
     if sent_at is None:
         return client_time, field
-    return received_at - (sent_at - client_time), field
+    try:
+        return received_at - (sent_at - client_time), field
+    except OverflowError:
+        raise SegmentTimeOutOfRangeError(field, "is out of range") from None
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -632,7 +641,9 @@ def _whole_number(value: object) -> int | None:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().isdecimal():
+    elif isinstance(value, str) and 0 < len(value.strip()) <= 8 and value.strip().isdecimal():
+        # At most 8 digits (the largest count kept is 10,000,000): int() of a longer
+        # string is wasted work, and past 4,300 digits Python refuses it with an error.
         number = int(value.strip())
     else:
         return None

@@ -119,7 +119,8 @@ class WriteKeys:
 class RateLimits:
     """Per-key moving-window limits, in this process (each ingest replica has its own).
 
-    A key may take at most its rate's worth of events in any one-second window. Each
+    A key may take at most its rate's worth of events in any one-second window (one
+    request larger than that is admitted alone, into an empty window). Each
     window keeps one entry per admitted request (its time and its event count) and a
     running total, so a check costs O(1) amortised: the ``limits`` package's moving
     window, used before, stored one entry per event (100 for a batch of 100) and expired
@@ -159,11 +160,14 @@ class _MovingWindow:
         self.total = 0
 
     def hit(self, now: float, cost: int, *, limit: int, span: float) -> bool:
-        """Admit ``cost`` events at ``now`` if the window then holds at most ``limit``."""
+        """Admit ``cost`` events at ``now`` if the window then holds at most ``limit``,
+        or if the window is empty: a batch larger than the whole rate could otherwise
+        never be admitted, and would be answered 429 on every retry. It then fills the
+        window past the limit, so the key waits until the batch has left the window."""
         entries = self.entries
         while entries and entries[0][0] <= now - span:
             self.total -= entries.popleft()[1]
-        if self.total + cost > limit:
+        if self.total + cost > limit and entries:
             return False
         entries.append((now, cost))
         self.total += cost

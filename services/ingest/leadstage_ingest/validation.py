@@ -28,6 +28,9 @@ class ErrorKind:
     UNKNOWN_WRITE_KEY = "unknown_write_key"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     LIMIT_EXCEEDED = "limit_exceeded"
+    #: Checking the event raised an error of ours: it is dead-lettered (and logged with
+    #: the traceback) instead of failing its request or stopping the raw intake.
+    PROCESSING_ERROR = "processing_error"
 
 
 class Rejected(Exception):  # noqa: N818 - a domain outcome, not an error of ours
@@ -107,6 +110,8 @@ def check_structure(
                     where or None,
                     f"more than {limits.max_properties} fields",
                 )
+            if node and depth == limits.max_depth:
+                _too_deep(next(iter(node)), where, limits)  # even when the child is a scalar
             for key, child in node.items():
                 if check_nul and "\x00" in str(key):
                     raise Rejected(
@@ -117,11 +122,44 @@ def check_structure(
                 if check_nul or type(child) not in _SCALARS:
                     walk(child, f"{where}.{key}" if where else str(key), depth + 1)
         elif isinstance(node, list):
+            if node and depth == limits.max_depth:
+                _too_deep(0, where, limits)
             for i, child in enumerate(node):
                 if check_nul or type(child) not in _SCALARS:
                     walk(child, f"{where}.{i}" if where else str(i), depth + 1)
 
     walk(value, path, 0)
+
+
+def _too_deep(first: object, where: str, limits: Limits) -> None:
+    """A container at the deepest level allowed holds something: one level too deep.
+
+    Raised here rather than on visiting the child, because scalar children are not
+    visited when no NUL check is needed: the limit must not depend on that."""
+    raise Rejected(
+        ErrorKind.LIMIT_EXCEEDED,
+        f"{where}.{first}" if where else str(first),
+        f"nested deeper than {limits.max_depth} levels",
+    )
+
+
+def check_size(event: object, limits: Limits, *, size_known_below: int | None = None) -> None:
+    """The event's size as compact UTF-8 JSON, against the per-event limit.
+
+    ``size_known_below``: the event came in a body of at most this many bytes; when
+    that is within the limit, the event need not be measured. Measured as UTF-8 (not
+    ASCII-escaped JSON, where an "é" counts 6 bytes and an emoji 12), so an event's
+    size does not depend on how it arrived.
+    """
+    if size_known_below is not None and size_known_below <= limits.max_event_bytes:
+        return
+    size = len(json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    if size > limits.max_event_bytes:
+        raise Rejected(
+            ErrorKind.SIZE_VIOLATION,
+            None,
+            f"the event is {size} bytes; the limit is {limits.max_event_bytes}",
+        )
 
 
 #: Fields ingest sets itself; a client may not send them.
@@ -224,14 +262,7 @@ def _stamped_fields(
     the event's fields with ingest's stamps added."""
     if not isinstance(event, Mapping):
         raise Rejected(ErrorKind.SCHEMA_VIOLATION, None, "an event must be a JSON object")
-    if size_known_below is None or size_known_below > limits.max_event_bytes:
-        size = len(json.dumps(event, separators=(",", ":"), default=str).encode())
-        if size > limits.max_event_bytes:
-            raise Rejected(
-                ErrorKind.SIZE_VIOLATION,
-                None,
-                f"the event is {size} bytes; the limit is {limits.max_event_bytes}",
-            )
+    check_size(event, limits, size_known_below=size_known_below)
     check_structure(event, limits, check_nul=check_nul)
     if stamped := _STAMPED & event.keys():
         field = sorted(stamped)[0]
