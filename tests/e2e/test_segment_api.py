@@ -215,3 +215,31 @@ async def test_odd_segment_input_is_answered_per_message_never_with_a_500(stack:
     assert nul_context.json()["error"]["details"][0]["field"] == "context.campaign.name"
     assert numeric_key.status_code == 422
     assert numeric_key.json()["error"]["details"][0]["field"] == "writeKey"
+
+
+async def test_a_group_call_before_identify_puts_the_known_lead_in_the_buying_group(
+    stack: Stack,
+) -> None:
+    anonymous, user, group = f"anon-{t()}", f"user-{t()}", f"grp-{t()}"
+    base = stack.ingest.url
+    async with httpx.AsyncClient(timeout=10, auth=(stack.write_key, "")) as http:
+        for path, message in (
+            ("group", {"anonymousId": anonymous, "groupId": group, "traits": {"name": "Acme"}}),
+            ("identify", {"anonymousId": anonymous, "userId": user}),
+            ("track", {"userId": user, "event": "Demo Requested"}),
+        ):
+            response = await http.post(
+                f"{base}/v1/{path}", json={**message, "timestamp": "2026-11-20T10:00:00Z"}
+            )
+            assert response.status_code == 200, response.text
+    contacts: list[str] = []
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=10, headers=stack.read_headers) as http:
+        while time.monotonic() < deadline:
+            response = await http.get(f"{stack.api.url}/v1/accounts/{group}")
+            if response.status_code == 200:
+                contacts = [c["lead_id"] for c in response.json()["contacts"]]
+                if contacts == [user]:
+                    break
+            await asyncio.sleep(0.2)
+    assert contacts == [user]  # the known lead, and not its anonymous past as well

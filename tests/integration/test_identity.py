@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leadstage.db.models import Account, Identity, IdentityMerge
+from leadstage.db.models import Account, Identity, IdentityMerge, LeadAccount
 from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.events import Touchpoint, TouchpointIn
 from leadstage_ingest.identity import (
@@ -113,6 +113,54 @@ async def test_accounts_keep_known_firmographics_and_domains_stay_unique(
         account = await session.get(Account, first.account.id)
     assert account is not None
     assert (account.domain, account.industry, account.tier) == (domain, "software", 1)
+
+
+async def test_a_merged_leads_account_follows_it_to_the_known_lead(
+    sessions: SessionFactory,
+) -> None:
+    # A browser's usual order: `group` for the anonymous visitor, then `identify`.
+    anonymous, user, group = f"anon-{t()}", f"u-{t()}", f"acct-{t()}"
+    grouped = Touchpoint.accept(
+        TouchpointIn(
+            type="page_view", occurred_at=NOW, anonymous_id=anonymous, account={"id": group}
+        ),
+        source="web",
+        received_at=NOW,
+    )
+    async with unit_of_work(sessions) as session:
+        leads = await resolve_leads(session, [grouped])
+        await attach_accounts(session, [grouped], leads)
+    assert await resolve(sessions, touch(lead_id=user, anonymous_id=anonymous)) == [user]
+    async with sessions() as session:
+        link = await session.get(LeadAccount, user)
+    assert link is not None
+    assert (link.account_id, link.attached_by) == (group, "explicit")
+
+    # An explicit link of the absorbed lead replaces the known lead's email-domain one,
+    # and never the other way round.
+    other_anonymous, other_user = f"anon-{t()}", f"u-{t()}"
+    by_domain = Touchpoint.accept(
+        TouchpointIn(
+            type="page_view", occurred_at=NOW, lead_id=other_user, email=f"x@d-{t()}.example"
+        ),
+        source="web",
+        received_at=NOW,
+    )
+    explicit = Touchpoint.accept(
+        TouchpointIn(
+            type="page_view", occurred_at=NOW, anonymous_id=other_anonymous, account={"id": group}
+        ),
+        source="web",
+        received_at=NOW,
+    )
+    async with unit_of_work(sessions) as session:
+        leads = await resolve_leads(session, [by_domain, explicit])
+        await attach_accounts(session, [by_domain, explicit], leads)
+    await resolve(sessions, touch(lead_id=other_user, anonymous_id=other_anonymous))
+    async with sessions() as session:
+        link = await session.get(LeadAccount, other_user)
+    assert link is not None
+    assert (link.account_id, link.attached_by) == (group, "explicit")
 
 
 async def claim_single(

@@ -110,6 +110,14 @@ class _Resolver:
             .values(kind="lead_id", value=old, lead_id=into)
             .on_conflict_do_update(index_elements=["kind", "value"], set_={"lead_id": into})
         )
+        # The absorbed lead's account follows it: a `group` call before `identify` (the
+        # usual order in a browser) attached the anonymous lead, and the person is now the
+        # known lead. As in attach_accounts, an explicit link beats one by email domain.
+        # The old lead keeps its link (reverting the merge needs it), but the engine keeps
+        # no state for a merged lead, so it no longer counts as a contact. The new
+        # attached_at lets the engine's membership sweep refold the account.
+        followed = await self.session.execute(_FOLLOW_ACCOUNT, {"old": old, "into": into})
+        await mark_leads(self.session, list(followed.scalars()))
         self.session.add(
             IdentityMerge(
                 from_lead=old, into_lead=into, reason=reason, event_id=event_id, moved=moved_keys
@@ -146,6 +154,16 @@ _INSERT_IDENTITIES = text(
     "SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[]), "
     "CAST(:leads AS text[])) "
     "ON CONFLICT DO NOTHING"
+)
+
+
+_FOLLOW_ACCOUNT = text(
+    "INSERT INTO lead_accounts (lead_id, account_id, attached_by, attached_at) "
+    "SELECT :into, account_id, attached_by, now() FROM lead_accounts WHERE lead_id = :old "
+    "ON CONFLICT (lead_id) DO UPDATE SET account_id = excluded.account_id, "
+    "attached_by = excluded.attached_by, attached_at = excluded.attached_at "
+    "WHERE lead_accounts.attached_by = 'email_domain' AND excluded.attached_by = 'explicit' "
+    "RETURNING lead_id"
 )
 
 
