@@ -60,13 +60,21 @@ async def presented_key(  # async: a plain def would cost a thread hop per reque
 PresentedKey = Annotated[str | None, Depends(presented_key)]
 
 
-async def _authorised(request: Request, key: str | None, events: int) -> Source:
+async def _authenticated(request: Request, key: str | None) -> Source:
     keys: WriteKeys = request.app.state.write_keys
-    source = await keys.authenticate(key)
+    return await keys.authenticate(key)
+
+
+async def _rate_limited(request: Request, source: Source, events: int) -> None:
     rate_limits: RateLimits = request.app.state.rate_limits
     await rate_limits.take(
         source, max(events, 1), retry_after=request.app.state.settings.retry_after_seconds
     )
+
+
+async def _authorised(request: Request, key: str | None, events: int) -> Source:
+    source = await _authenticated(request, key)
+    await _rate_limited(request, source, events)
     return source
 
 
@@ -89,9 +97,11 @@ async def accept_event(request: Request, key: str | None) -> Response:
 async def accept_batch(request: Request, key: str | None) -> Response:
     """``POST /v1/events/batch``: up to 500 touchpoints, answered per event."""
     body = await request.body()
-    events = http_intake.parse_native_batch(body, request.app.state.settings.max_batch_events)
-    source = await _authorised(request, key, len(events))
+    source = await _authenticated(request, key)  # 401 before anything about the body
     intake: Intake = request.app.state.intake
+    with http_intake.body_dead_lettered(intake, body, source):
+        events = http_intake.parse_native_batch(body, request.app.state.settings.max_batch_events)
+    await _rate_limited(request, source, len(events))
     outcomes = await http_intake.native_batch(intake, events, source, body=body)
     return _accepted(request, source, http_intake.batch_result_json(outcomes))
 
@@ -161,9 +171,13 @@ def _segment_route(message_type: str) -> None:
         request: Request, response: Response, key: PresentedKey
     ) -> SegmentAccepted:
         body = await request.body()
-        message = http_intake.parse_object(body)
-        source = await _authorised(request, key or http_intake.body_write_key(message), 1)
         intake: Intake = request.app.state.intake
+        # The key may be in the body: only a key in the headers is known before parsing.
+        header_source = await _authenticated(request, key) if key else None
+        with http_intake.body_dead_lettered(intake, body, header_source):
+            message = http_intake.parse_object(body)
+        source = header_source or await _authenticated(request, http_intake.body_write_key(message))
+        await _rate_limited(request, source, 1)
         result = await http_intake.segment_messages(
             intake, [message], source, expected_type=message_type, body_size=len(body)
         )
@@ -199,12 +213,16 @@ async def post_segment_batch(
     request: Request, response: Response, key: PresentedKey
 ) -> SegmentAccepted:
     body = await request.body()
-    envelope = http_intake.parse_object(body)
-    messages = http_intake.segment_batch_messages(
-        envelope, request.app.state.settings.max_batch_events
-    )
-    source = await _authorised(request, key or http_intake.body_write_key(envelope), len(messages))
     intake: Intake = request.app.state.intake
+    header_source = await _authenticated(request, key) if key else None
+    with http_intake.body_dead_lettered(intake, body, header_source):
+        envelope = http_intake.parse_object(body)
+    source = header_source or await _authenticated(request, http_intake.body_write_key(envelope))
+    with http_intake.body_dead_lettered(intake, body, source):
+        messages = http_intake.segment_batch_messages(
+            envelope, request.app.state.settings.max_batch_events
+        )
+    await _rate_limited(request, source, len(messages))
     result = await http_intake.segment_messages(
         intake, messages, source, envelope=envelope, body_size=len(body)
     )
