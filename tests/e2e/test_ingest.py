@@ -249,6 +249,39 @@ async def test_cors_allows_only_the_origins_of_the_key(stack: Stack) -> None:
     assert "access-control-allow-origin" not in other_key.headers
 
 
+async def test_a_browser_can_read_the_error_answers_of_its_origin(stack: Stack) -> None:
+    origin = f"https://www.site-{tag()}.example"
+    browser_key = last_line(
+        leadstage_cli(
+            "keys", "create", "--source", "browser", "--allowed-origin", origin, env=stack.env
+        )
+    )
+    url = f"{stack.ingest.url}/v1/events"
+    bad_event = {"type": "page_view", "anonymous_id": f"b-{tag()}", "occurred_at": "noon"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        invalid = await http.post(
+            url, headers={"X-Write-Key": browser_key, "Origin": origin}, json=bad_event
+        )
+        no_key = await http.post(url, headers={"Origin": origin}, json=bad_event)
+        segment_invalid = await http.post(
+            f"{stack.ingest.url}/v1/track",
+            headers={"X-Write-Key": browser_key, "Origin": origin},
+            json={"userId": "u"},
+        )
+        stranger = await http.post(
+            url, headers={"X-Write-Key": browser_key, "Origin": "https://evil.example"}, json={}
+        )
+    assert (invalid.status_code, no_key.status_code, segment_invalid.status_code) == (
+        422,
+        401,
+        422,
+    )
+    for answer in (invalid, no_key, segment_invalid):
+        assert answer.headers["access-control-allow-origin"] == origin
+    assert stranger.status_code == 422
+    assert "access-control-allow-origin" not in stranger.headers
+
+
 async def test_metrics_count_outcomes_per_source(stack: Stack) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         await http.post(

@@ -85,24 +85,52 @@ def _cors(request: Request, response: Response, source: Source) -> None:
         response.headers["Vary"] = "Origin"
 
 
+async def _cors_on_error(request: Request, error: ApiError, source: Source | None) -> None:
+    """Let a browser read an error answer (a 422's reason, a 429's ``Retry-After``): its
+    origin is allowed as the success answer would allow it, by the source's key, or,
+    before the key is known (a 401), as the CORS preflight allows it."""
+    origin = request.headers.get("origin")
+    if not origin:
+        return
+    if source is not None:
+        allowed = origin in source.allowed_origins
+    else:
+        allowed = origin in await request.app.state.origins.allowed()
+    if allowed:
+        error.headers["Access-Control-Allow-Origin"] = origin
+        error.headers["Vary"] = "Origin"
+
+
 async def accept_event(request: Request, key: str | None) -> Response:
     """``POST /v1/events``: one touchpoint, answered once it is durable."""
-    body = await request.body()
-    source = await _authorised(request, key, 1)
-    intake: Intake = request.app.state.intake
-    result = await http_intake.single_event(intake, body, source)
+    source: Source | None = None
+    try:
+        body = await request.body()
+        source = await _authorised(request, key, 1)
+        intake: Intake = request.app.state.intake
+        result = await http_intake.single_event(intake, body, source)
+    except ApiError as error:
+        await _cors_on_error(request, error, source)
+        raise
     return _accepted(request, source, result.model_dump_json().encode())
 
 
 async def accept_batch(request: Request, key: str | None) -> Response:
     """``POST /v1/events/batch``: up to 500 touchpoints, answered per event."""
-    body = await request.body()
-    source = await _authenticated(request, key)  # 401 before anything about the body
-    intake: Intake = request.app.state.intake
-    with http_intake.body_dead_lettered(intake, body, source):
-        events = http_intake.parse_native_batch(body, request.app.state.settings.max_batch_events)
-    await _rate_limited(request, source, len(events))
-    outcomes = await http_intake.native_batch(intake, events, source, body=body)
+    source: Source | None = None
+    try:
+        body = await request.body()
+        source = await _authenticated(request, key)  # 401 before anything about the body
+        intake: Intake = request.app.state.intake
+        with http_intake.body_dead_lettered(intake, body, source):
+            events = http_intake.parse_native_batch(
+                body, request.app.state.settings.max_batch_events
+            )
+        await _rate_limited(request, source, len(events))
+        outcomes = await http_intake.native_batch(intake, events, source, body=body)
+    except ApiError as error:
+        await _cors_on_error(request, error, source)
+        raise
     return _accepted(request, source, http_intake.batch_result_json(outcomes))
 
 
@@ -170,17 +198,22 @@ def _segment_route(message_type: str) -> None:
     async def post_segment(
         request: Request, response: Response, key: PresentedKey
     ) -> SegmentAccepted:
-        body = await request.body()
-        intake: Intake = request.app.state.intake
-        # The key may be in the body: only a key in the headers is known before parsing.
-        header_source = await _authenticated(request, key) if key else None
-        with http_intake.body_dead_lettered(intake, body, header_source):
-            message = http_intake.parse_object(body)
-        source = header_source or await _authenticated(request, http_intake.body_write_key(message))
-        await _rate_limited(request, source, 1)
-        result = await http_intake.segment_messages(
-            intake, [message], source, expected_type=message_type, body_size=len(body)
-        )
+        source: Source | None = None
+        try:
+            body = await request.body()
+            intake: Intake = request.app.state.intake
+            # The key may be in the body: only a key in the headers is known before parsing.
+            source = await _authenticated(request, key) if key else None
+            with http_intake.body_dead_lettered(intake, body, source):
+                message = http_intake.parse_object(body)
+            source = source or await _authenticated(request, http_intake.body_write_key(message))
+            await _rate_limited(request, source, 1)
+            result = await http_intake.segment_messages(
+                intake, [message], source, expected_type=message_type, body_size=len(body)
+            )
+        except ApiError as error:
+            await _cors_on_error(request, error, source)
+            raise
         _cors(request, response, source)
         return result
 
@@ -212,20 +245,25 @@ for _type in segment.SegmentMessageType:
 async def post_segment_batch(
     request: Request, response: Response, key: PresentedKey
 ) -> SegmentAccepted:
-    body = await request.body()
-    intake: Intake = request.app.state.intake
-    header_source = await _authenticated(request, key) if key else None
-    with http_intake.body_dead_lettered(intake, body, header_source):
-        envelope = http_intake.parse_object(body)
-    source = header_source or await _authenticated(request, http_intake.body_write_key(envelope))
-    with http_intake.body_dead_lettered(intake, body, source):
-        messages = http_intake.segment_batch_messages(
-            envelope, request.app.state.settings.max_batch_events
+    source: Source | None = None
+    try:
+        body = await request.body()
+        intake: Intake = request.app.state.intake
+        source = await _authenticated(request, key) if key else None
+        with http_intake.body_dead_lettered(intake, body, source):
+            envelope = http_intake.parse_object(body)
+        source = source or await _authenticated(request, http_intake.body_write_key(envelope))
+        with http_intake.body_dead_lettered(intake, body, source):
+            messages = http_intake.segment_batch_messages(
+                envelope, request.app.state.settings.max_batch_events
+            )
+        await _rate_limited(request, source, len(messages))
+        result = await http_intake.segment_messages(
+            intake, messages, source, envelope=envelope, body_size=len(body)
         )
-    await _rate_limited(request, source, len(messages))
-    result = await http_intake.segment_messages(
-        intake, messages, source, envelope=envelope, body_size=len(body)
-    )
+    except ApiError as error:
+        await _cors_on_error(request, error, source)
+        raise
     _cors(request, response, source)
     return result
 
