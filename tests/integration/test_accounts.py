@@ -256,7 +256,7 @@ async def test_a_buying_group_of_eight_moves_by_the_quorum_rule(sessions: Sessio
         "schema_version": 1,
         "change_id": facts[3]["change_id"],
         "funnel": "b2b-six-stage",
-        "funnel_version": 1,
+        "funnel_version": 2,
         "account_id": account,
         "from_stage": "Action",
         "to_stage": "Opportunity",

@@ -216,18 +216,33 @@ class LiveFunnels:
             await self.reload()
 
     async def reload(self) -> bool:
-        """Re-read the definition files and register new versions; False if refused."""
+        """Re-read the definition files and register new versions; False if refused.
+
+        Never raises for a file that does not load: this runs as a background task of
+        the engine, and a failed task stops the engine's process.
+        """
+        where = self._settings.funnels_dir or "the presets"
         try:
             files: Mapping[str, Funnel] = self._settings.active_funnels()
+        except (FunnelDefinitionError, ValueError, OSError) as error:
+            # FunnelDefinitionError names the file, line and field; ValueError:
+            # LEADSTAGE_FUNNELS names a funnel no file defines any more.
+            return self._refused(where, error)
+        except Exception as error:
+            # Loading should raise nothing else, but whatever a file can make it raise
+            # must not stop the engine: log it with its traceback, keep running.
+            RELOADS.labels("refused").inc()
+            logger.exception(
+                "funnel definitions in %s not reloaded, the running versions keep working: %s",
+                where,
+                error,
+            )
+            return False
+        try:
             async with unit_of_work(self._sessions) as session:
                 rows = await register_all(session, files.values(), may_activate=False)
         except (FunnelDefinitionError, ValueError, OSError, DBAPIError) as error:
-            # ValueError: LEADSTAGE_FUNNELS names a funnel no file defines any more.
-            RELOADS.labels("refused").inc()
-            logger.error(
-                "funnel definitions not reloaded, the running versions keep working: %s", error
-            )
-            return False
+            return self._refused(where, error)
         self._known.update((f.fingerprint, f) for f in files.values())
         RELOADS.labels("reloaded").inc()
         logger.info(
@@ -236,3 +251,12 @@ class LiveFunnels:
         )
         _warn_pending(rows)
         return True
+
+    def _refused(self, where: object, error: Exception) -> bool:
+        RELOADS.labels("refused").inc()
+        logger.error(
+            "funnel definitions in %s not reloaded, the running versions keep working: %s",
+            where,
+            error,
+        )
+        return False

@@ -37,7 +37,7 @@ Definition file format (one funnel per file)
       engagement:
         half_life_days: 14         # optional decay: value * 0.5 ** (days / half_life)
         thresholds:                # fire when the score crosses `at` upward in one event
-          - {at: 50, effect: {sales_ready: true}}    # or {move_to: Stage} (forward only)
+          - {at: 50, effect: {sales_ready: true}}    # or {move_to: Stage}: see below
     sales_ready:                   # optional: after each event, sets sales_ready when true
       stage: {at_least: Evaluation}
       score: {name: engagement, gte: 40}           # one condition or a list
@@ -79,10 +79,10 @@ A rule whose condition cannot be evaluated on the event (``regex`` on a number,
 ``gte: 10`` on a string) is skipped and reported in :attr:`StepResult.skipped`.
 
 One event, in this order: firmographic attributes; every rule in priority order,
-all conditions seeing the state from before the event; thresholds crossed by the
-score changes; the ``sales_ready`` condition (unless a rule or threshold set
-``sales_ready`` in this event). At most one stage move per event: the first
-effective one wins (a no-op or refused move does not count). A move is:
+all conditions seeing the state from before the event; thresholds (lowest first);
+the ``sales_ready`` condition (unless a rule or threshold set ``sales_ready`` in
+this event). At most one stage move per event: the first effective one wins (a
+no-op or refused move does not count). A move is:
 
 - from no stage: ``entered`` (exits are ignored until the lead is in a stage);
 - to an exit: ``exited``; from an exit to a stage: ``reentered``;
@@ -92,11 +92,22 @@ effective one wins (a no-op or refused move does not count). A move is:
   ``allow.loop``); any other backward move: ``regressed`` (refused unless
   ``allow.regress``).
 
-Threshold moves only go forward from a stage (or enter the funnel). Scores are
-kept as of ``scores_as_of`` and decay at evaluation time; when an event changes a
-score, every score is rebased to the event time and the decay since the last
-rebase is reported as ``score`` changes with rule ``decay`` (so the deltas of the
-changes add up to the stored values). Errors name the place, e.g.
+A threshold is crossed in the event that takes the score from below ``at`` to
+``at`` or more: that event reports a ``threshold`` change and applies the
+``sales_ready`` effect, once per crossing. Its ``move_to`` is level-triggered: after
+any event that leaves the score at or above ``at`` and moved the lead in no other
+way, the lead moves to the target (rule: the threshold's name). So a move that loses
+to a rule's move in the crossing event happens at the next event, even one that
+matches no rule. Threshold moves only go forward from a stage (or enter the
+funnel): never out of an exit, never back.
+
+Scores are kept as of ``scores_as_of`` and decay at evaluation time; when an event
+changes a score, every score is rebased to the event time and the decay since the
+last rebase is reported as ``score`` changes with rule ``decay`` (so the deltas of
+the changes add up to the stored values).
+
+Every number in a file must be finite (``.nan``, ``.inf`` are refused). Every error
+loading a file is a :class:`FunnelDefinitionError` naming the place, e.g.
 ``b2b.yaml:14: rules.2.then.move_to: unknown stage 'Oportunity'`` (list indices
 count from 0).
 """

@@ -331,16 +331,26 @@ class Funnel:
             self._add(run, key, score, points)
 
     def _apply_thresholds(self, run: _Step, before: Mapping[str, float], at: datetime) -> None:
+        """The crossing (and its ``sales_ready``) happens once, in the event that crosses;
+        a ``move_to`` holds for as long as the score is at or above the threshold.
+
+        The move is level-triggered because an event moves a lead at most once: when a
+        rule already moved the lead in the crossing event, the threshold's move waits
+        for the next event without a move, instead of being lost for good (the score
+        would have to fall below and cross again). Forward only, as ever.
+        """
         for score, thresholds in self._thresholds:
             low, high = before.get(score, 0.0), run.scores.get(score, 0.0)
             for threshold in thresholds:
-                if not low < threshold.at <= high:
+                if high < threshold.at:
                     continue
                 name = f"threshold:{score}:{threshold.at:g}"
-                run.changes.append(Change(kind="threshold", rule=name, score=score, value=high))
+                crossed = low < threshold.at
+                if crossed:
+                    run.changes.append(Change(kind="threshold", rule=name, score=score, value=high))
                 if threshold.effect.move_to is not None:
                     self._move(run, name, threshold.effect.move_to, at, threshold=True)
-                if threshold.effect.sales_ready is not None:
+                if crossed and threshold.effect.sales_ready is not None:
                     self._set_ready(run, name, threshold.effect.sales_ready)
 
     def _apply_sales_ready_condition(self, run: _Step) -> None:

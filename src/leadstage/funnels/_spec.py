@@ -8,6 +8,7 @@ Both report a location path, which the loader maps to a line of the YAML file.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -65,15 +66,25 @@ def _same_kind(a: object, b: object) -> bool:
     return type(a) is type(b)
 
 
+def _finite(value: object) -> None:
+    # YAML reads .nan, .inf and 1.0e+400 as floats. NaN compares false with
+    # everything (a condition or threshold on it silently never holds, points of it
+    # poison the score) and an infinity is no amount: refuse them like any bad value.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Input should be a finite number, not {value}")
+
+
 def _scalar(value: object) -> Scalar:
     if not isinstance(value, str | int | float | bool):
         raise ValueError(f"must be a string, number or boolean, not {type(value).__name__}")
+    _finite(value)
     return value
 
 
 def _bound(value: object) -> str | int | float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("a range bound must be a number or a string")
+    _finite(value)
     return value
 
 
@@ -94,6 +105,8 @@ class _Model(BaseModel):
 
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+#: Every number a funnel file gives (points, thresholds, bounds, days) is finite.
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 RuleName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", strict=True)
 ]
@@ -137,7 +150,7 @@ class Cond(_Model):
     def _valid_regex(cls, value: str) -> str:
         try:
             _regex(value)
-        except re.error as err:
+        except (re.error, OverflowError) as err:  # OverflowError: a{4294967296}
             raise ValueError(f"invalid regular expression: {err}") from None
         return value
 
@@ -268,10 +281,10 @@ class StageCond(_Model):
 
 class ScoreCond(_Model):
     name: ScoreName
-    gt: StrictFloat | None = None
-    gte: StrictFloat | None = None
-    lt: StrictFloat | None = None
-    lte: StrictFloat | None = None
+    gt: Number | None = None
+    gte: Number | None = None
+    lt: Number | None = None
+    lte: Number | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> ScoreCond:
@@ -296,7 +309,7 @@ class Count(_Model):
     type: Types | None = None
     properties: Conditions | None = None
     at_least: Annotated[StrictInt, Field(ge=1, le=1000)]
-    within_days: Annotated[StrictFloat, Field(gt=0, le=730)]
+    within_days: Annotated[Number, Field(gt=0, le=730)]
 
 
 class When(_Model):
@@ -320,7 +333,7 @@ class When(_Model):
 class Then(_Model):
     move_to: Name | None = None
     exit: Name | None = None
-    score: dict[ScoreName, StrictFloat] = Field(default_factory=dict)
+    score: dict[ScoreName, Number] = Field(default_factory=dict)
     sales_ready: StrictBool | None = None
 
     @model_validator(mode="after")
@@ -341,7 +354,7 @@ class RuleSpec(_Model):
 
 
 class Case(Cond):
-    points: StrictFloat
+    points: Number
 
 
 class Attribute(_Model):
@@ -361,13 +374,13 @@ class ThresholdEffect(_Model):
 
 
 class Threshold(_Model):
-    at: StrictFloat
+    at: Number
     effect: ThresholdEffect
 
 
 class ScoreSpec(_Model):
     description: str = ""
-    half_life_days: Annotated[StrictFloat, Field(gt=0)] | None = None
+    half_life_days: Annotated[Number, Field(gt=0)] | None = None
     attributes: list[Attribute] = Field(default_factory=list)
     thresholds: list[Threshold] = Field(default_factory=list)
 
