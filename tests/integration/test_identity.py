@@ -162,6 +162,43 @@ async def test_a_merged_leads_account_follows_it_to_the_known_lead(
     assert link is not None
     assert (link.account_id, link.attached_by) == (group, "explicit")
 
+    # Never the other way round: the known lead's explicit link stays, and so does its
+    # link by email domain against the absorbed lead's by email domain.
+    for kept in ("explicit", "email_domain"):
+        anonymous_b, user_b = f"anon-{t()}", f"u-{t()}"
+        known = Touchpoint.accept(
+            TouchpointIn(
+                type="page_view",
+                occurred_at=NOW,
+                lead_id=user_b,
+                **(
+                    {"account": {"id": f"own-{t()}"}}
+                    if kept == "explicit"
+                    else {"email": f"x@own-{t()}.example"}
+                ),
+            ),
+            source="web",
+            received_at=NOW,
+        )
+        absorbed = Touchpoint.accept(
+            TouchpointIn(
+                type="page_view",
+                occurred_at=NOW,
+                anonymous_id=anonymous_b,
+                email=f"y@other-{t()}.example",
+            ),
+            source="web",
+            received_at=NOW,
+        )
+        async with unit_of_work(sessions) as session:
+            leads = await resolve_leads(session, [known, absorbed])
+            attached = await attach_accounts(session, [known, absorbed], leads)
+        await resolve(sessions, touch(lead_id=user_b, anonymous_id=anonymous_b))
+        async with sessions() as session:
+            link = await session.get(LeadAccount, user_b)
+        assert link is not None
+        assert (link.account_id, link.attached_by) == (attached[known.event_id].id, kept)
+
 
 async def claim_single(
     database: AsyncEngine, *events: Touchpoint

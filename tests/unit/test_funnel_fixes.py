@@ -288,6 +288,62 @@ def test_a_level_triggered_threshold_move_never_leaves_an_exit_nor_goes_back() -
     assert below[-1].state.stage == "Interest"  # 30 < 50: no move, nothing to catch up on
 
 
+REGRESS = (
+    MQL.replace("name: mql", "name: mql-regress").replace(
+        "exits: [Lost]", "exits: [Lost]\nallow: {regress: true}"
+    )
+    + """\
+  - name: not-now
+    priority: 30
+    when: {type: "custom:not_now"}
+    then: {move_to: Interest}
+"""
+)
+
+
+def test_a_deferred_threshold_move_is_taken_once_and_never_undoes_a_regress() -> None:
+    funnel = parse_funnel(REGRESS)
+    results = fold(
+        funnel,
+        [
+            ev("content_download"),  # crosses 50, but the rule moved the lead: deferred
+            ev("page_view", 1),  # takes the deferred move
+            ev("custom:not_now", 2),  # a deliberate regress, score still 60
+            ev("page_view", 3),  # must not move the lead back up
+        ],
+    )
+    assert moves(results) == [
+        (None, "Interest", "entered", "content"),
+        ("Interest", "MQL", "advanced", "threshold:engagement:50"),
+        ("MQL", "Interest", "regressed", "not-now"),
+    ]
+    assert results[-1].state.stage == "Interest"
+    assert not any(name.endswith(":pending") for name in results[-1].state.fired_once)
+
+
+def test_a_deferred_move_is_dropped_when_the_score_falls_back_below() -> None:
+    funnel = parse_funnel(MQL)
+    results = fold(
+        funnel, [ev("content_download"), ev("custom:unsubscribed", 1), ev("page_view", 2)]
+    )
+    # 60 -> 30 in the event after the crossing: below the threshold, nothing to take.
+    assert moves(results) == [(None, "Interest", "entered", "content")]
+    assert results[-1].state.fired_once == frozenset()
+
+
+def test_a_loyal_customer_looped_back_by_a_renewal_stays_there() -> None:
+    from leadstage.funnels import load_presets
+
+    funnel = load_presets()["six-stage-loyalty"]
+    loyalty = LeadState(
+        stage="Loyalty", stage_entered_at=T0, scores={"loyalty": 90.0}, scores_as_of=T0
+    )
+    renewal = funnel.step(loyalty, ev("renewal", 1), [])
+    assert renewal.state.stage == "Purchase"
+    later = funnel.step(renewal.state, ev("custom:product_used", 2), [])
+    assert later.state.stage == "Purchase"  # the loop is not undone by the threshold
+
+
 # -- 3. numbers must be finite ----------------------------------------------------------------
 
 NUMBERS = """\

@@ -10,7 +10,7 @@ import pytest
 
 from leadstage.http import ApiError
 from leadstage_ingest import intake, segment
-from leadstage_ingest.validation import Limits, Rejected, to_touchpoint
+from leadstage_ingest.validation import Limits, Rejected, to_touchpoint, to_touchpoints
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 AHEAD = datetime(2026, 11, 20, 12, 0, 30, tzinfo=UTC)  # a client clock 30 s ahead
@@ -122,3 +122,22 @@ def test_an_unexpected_error_rejects_that_message_only(monkeypatch: pytest.Monke
     good = intake.segment_candidate(track(), "web", NOW, Limits())
     assert outcome(bad) == ("processing_error", None)
     assert outcome(good) == "accepted"
+
+
+def test_an_event_nested_a_thousand_levels_is_over_the_depth_limit_in_any_batch() -> None:
+    deep: dict[str, Any] = {
+        "type": "page_view",
+        "lead_id": "l-1",
+        "occurred_at": "2026-11-20T10:00:00Z",
+        "properties": nested(1000),
+    }
+    good = {**deep, "properties": {}}
+    outcomes = to_touchpoints(
+        [deep, good], source="s", received_at=NOW, limits=Limits(), size_known_below=500_000
+    )
+    assert isinstance(outcomes[0], Rejected)
+    assert outcomes[0].kind == "limit_exceeded"
+    assert not isinstance(outcomes[1], Rejected)
+    message = track(properties=nested(1000))
+    candidate = intake.segment_candidate(message, "web", NOW, Limits(), size_known_below=500_000)
+    assert outcome(candidate) == ("limit_exceeded", "properties" + ".k" * 8)

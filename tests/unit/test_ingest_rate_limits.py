@@ -62,10 +62,22 @@ async def test_a_batch_over_the_whole_rate_is_admitted_alone_then_the_key_waits(
     assert not await admitted(limits, source, 4)  # over the rate, and the window holds 1
     clock.now += 1.0  # the 1 left the window
     assert await admitted(limits, source, 4)  # alone in an empty window: never refused forever
-    clock.now += 0.9
-    assert not await admitted(limits, source, 1)  # the 4 still fill the window
-    clock.now += 0.1
+    clock.now += 1.3
+    assert not await admitted(limits, source, 1)  # 4 events at 3/s hold the window 4/3 s
+    clock.now += 0.04
     assert await admitted(limits, source, 3)
+
+
+async def test_oversized_batches_keep_the_key_within_its_rate_on_average() -> None:
+    clock = Clock()
+    limits = RateLimits(10, clock=clock)
+    source = Source(key_id=1, name="web")
+    admitted_events = 0
+    for _ in range(100):  # a 500-event batch every 0.1 s for 10 s
+        if await admitted(limits, source, 500):
+            admitted_events += 500
+        clock.now += 0.1
+    assert admitted_events == 500  # 10 s at 10 events/s: one batch, not one per second
 
 
 async def test_the_refusal_names_the_key_and_its_rate() -> None:

@@ -67,7 +67,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     publisher = create_publisher(settings, sessions)
 
     def stop_failed() -> None:
-        app.state.failed = True  # `leadstage ingest` then exits with status 1
+        app.state.failed = True  # `leadstage ingest` then exits non-zero
         terminate_this_process()  # a clean shutdown; the supervisor restarts the process
 
     # A background task that failed (the dead-letter writer, a group-commit worker...)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,26 +60,6 @@ def _error(rejection: Rejected) -> ApiError:
         }.get(rejection.kind, "The event was rejected."),
         details=[ErrorDetail(field=rejection.field, reason=rejection.message)],
     )
-
-
-@contextmanager
-def body_dead_lettered(intake: Intake, body: bytes, source: Source | None) -> Iterator[None]:
-    """A body refused whole (not JSON, not the expected shape, too many events) from an
-    authenticated ``source`` goes to the dead-letter topic, the body as it came, as a
-    refused single event does; the ``ApiError`` still answers the request. Without a
-    source nothing is written: nobody without a key can fill the topic."""
-    try:
-        yield
-    except ApiError as error:
-        if source is not None:
-            detail = error.details[0] if error.details else None
-            rejection = Rejected(
-                error.code, detail.field if detail else None, detail.reason if detail else ""
-            )
-            intake.dead_letters.put(
-                Candidate(raw=None, rejection=rejection), source=source.name, raw=body
-            )
-        raise
 
 
 def parse_object(body: bytes) -> Mapping[str, Any]:
@@ -275,8 +254,8 @@ def segment_candidate(
             )
         if expected_type is not None and "type" not in message:
             message = {**message, "type": expected_type}
+        check_structure(message, limits)  # first: it stops at the depth limit
         check_size(message, limits, size_known_below=size_known_below)
-        check_structure(message, limits)
         try:
             mapped = segment.to_touchpoint(
                 message,

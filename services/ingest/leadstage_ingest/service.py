@@ -162,13 +162,18 @@ class _MovingWindow:
     def hit(self, now: float, cost: int, *, limit: int, span: float) -> bool:
         """Admit ``cost`` events at ``now`` if the window then holds at most ``limit``,
         or if the window is empty: a batch larger than the whole rate could otherwise
-        never be admitted, and would be answered 429 on every retry. It then fills the
-        window past the limit, so the key waits until the batch has left the window."""
+        never be admitted, and would be answered 429 on every retry. Such a batch stays
+        in the window for as many spans as it holds rates' worth of events (500 events
+        at 100/s: 5 s), so the key's average stays within its rate."""
         entries = self.entries
         while entries and entries[0][0] <= now - span:
             self.total -= entries.popleft()[1]
-        if self.total + cost > limit and entries:
-            return False
+        if self.total + cost > limit:
+            if entries:
+                return False
+            # Alone in an empty window: later entries wait behind it, so the deque
+            # stays in expiry order.
+            now += span * (cost / limit - 1)
         entries.append((now, cost))
         self.total += cost
         return True

@@ -7,6 +7,7 @@ the same records for exactly the same reasons.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pydantic import TypeAdapter, ValidationError
 from leadstage import compact_json
 from leadstage.events import Touchpoint, TouchpointIn
 from leadstage.http import validation_details
+
+logger = logging.getLogger(__name__)
 
 
 class ErrorKind:
@@ -228,6 +231,12 @@ def to_touchpoints(
         except Rejected as rejection:
             results.append(rejection)
             continue
+        except Exception:
+            logger.exception("an event from source=%s could not be checked", source)
+            results.append(
+                Rejected(ErrorKind.PROCESSING_ERROR, None, "the event could not be processed")
+            )
+            continue
         positions.append(len(results))
         results.append(_PENDING)
         prepared.append(fields)
@@ -262,8 +271,10 @@ def _stamped_fields(
     the event's fields with ingest's stamps added."""
     if not isinstance(event, Mapping):
         raise Rejected(ErrorKind.SCHEMA_VIOLATION, None, "an event must be a JSON object")
-    check_size(event, limits, size_known_below=size_known_below)
+    # Structure first: it stops at the depth limit, where measuring the size of an
+    # event nested a thousand levels deep would exhaust the recursion limit.
     check_structure(event, limits, check_nul=check_nul)
+    check_size(event, limits, size_known_below=size_known_below)
     if stamped := _STAMPED & event.keys():
         field = sorted(stamped)[0]
         raise Rejected(ErrorKind.SCHEMA_VIOLATION, field, "Extra inputs are not permitted")

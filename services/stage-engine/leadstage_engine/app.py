@@ -75,7 +75,7 @@ def create_app(settings: EngineSettings) -> FastAPI:
     ]
 
     def stop_failed() -> None:
-        app.state.failed = True  # `leadstage engine` then exits with status 1
+        app.state.failed = True  # `leadstage engine` then exits non-zero
         # uvicorn shuts down cleanly; the supervisor restarts the process, and every
         # task resumes from what is stored in PostgreSQL.
         terminate_this_process()

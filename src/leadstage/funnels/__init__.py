@@ -94,11 +94,13 @@ no-op or refused move does not count). A move is:
 
 A threshold is crossed in the event that takes the score from below ``at`` to
 ``at`` or more: that event reports a ``threshold`` change and applies the
-``sales_ready`` effect, once per crossing. Its ``move_to`` is level-triggered: after
-any event that leaves the score at or above ``at`` and moved the lead in no other
-way, the lead moves to the target (rule: the threshold's name). So a move that loses
-to a rule's move in the crossing event happens at the next event, even one that
-matches no rule. Threshold moves only go forward from a stage (or enter the
+``sales_ready`` effect, once per crossing, and its ``move_to`` (rule: the
+threshold's name). An event moves a lead at most once: when a rule already moved
+the lead in the crossing event, the threshold's move is deferred (a
+``threshold:<score>:<at>:pending`` mark in ``fired_once``) to the lead's next event,
+even one that matches no rule, if the score is still at or above ``at``. Taken or
+refused, it is then done until the next crossing, so a rule's later regress or loop
+is never undone. Threshold moves only go forward from a stage (or enter the
 funnel): never out of an exit, never back.
 
 Scores are kept as of ``scores_as_of`` and decay at evaluation time; when an event

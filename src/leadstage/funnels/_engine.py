@@ -331,25 +331,33 @@ class Funnel:
             self._add(run, key, score, points)
 
     def _apply_thresholds(self, run: _Step, before: Mapping[str, float], at: datetime) -> None:
-        """The crossing (and its ``sales_ready``) happens once, in the event that crosses;
-        a ``move_to`` holds for as long as the score is at or above the threshold.
+        """A threshold fires in the event whose score crosses it upward: its fact, its
+        ``sales_ready`` and its ``move_to``.
 
-        The move is level-triggered because an event moves a lead at most once: when a
-        rule already moved the lead in the crossing event, the threshold's move waits
-        for the next event without a move, instead of being lost for good (the score
-        would have to fall below and cross again). Forward only, as ever.
+        An event moves a lead at most once. When a rule already moved the lead in the
+        crossing event, the threshold's move is deferred, not lost: a ``:pending`` mark
+        (kept with the once-only rules) makes the lead's next event without a move take
+        it, if the score is still at or above the threshold. Once taken (or refused:
+        forward only, never out of an exit) it is done until the next crossing, so a
+        rule's later regress or loop is never undone by the threshold.
         """
         for score, thresholds in self._thresholds:
             low, high = before.get(score, 0.0), run.scores.get(score, 0.0)
             for threshold in thresholds:
-                if high < threshold.at:
-                    continue
                 name = f"threshold:{score}:{threshold.at:g}"
+                pending = f"{name}:pending"
+                if high < threshold.at:
+                    run.fired.discard(pending)  # fell back below: the next crossing decides
+                    continue
                 crossed = low < threshold.at
                 if crossed:
                     run.changes.append(Change(kind="threshold", rule=name, score=score, value=high))
-                if threshold.effect.move_to is not None:
-                    self._move(run, name, threshold.effect.move_to, at, threshold=True)
+                if threshold.effect.move_to is not None and (crossed or pending in run.fired):
+                    if run.moved:
+                        run.fired.add(pending)  # a rule moved the lead in this event
+                    else:
+                        run.fired.discard(pending)
+                        self._move(run, name, threshold.effect.move_to, at, threshold=True)
                 if crossed and threshold.effect.sales_ready is not None:
                     self._set_ready(run, name, threshold.effect.sales_ready)
 
