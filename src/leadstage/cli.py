@@ -67,15 +67,22 @@ def _serve(role: str) -> int:
 
         app = create_api(api)
     port: int = getattr(settings, "http_port")  # noqa: B009 - every service class has one
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
     )
-    # A process whose work loop failed exits non-zero, so supervisors restart it.
+    # A failed background task shuts the server down through this (see supervision.py).
+    app.state.server = server
+    server.run()
+    if not server.started:
+        return 3  # as uvicorn.run answers a failed start (the lifespan, a port in use)
+    # A process whose work failed exits non-zero, so supervisors restart it.
     return 1 if getattr(app.state, "failed", False) else 0
 
 

@@ -5,7 +5,8 @@ webhook dispatchers, ingest's dead-letter writer...) each retry what they expect
 fail (a lost connection, an unreachable broker). Anything else ends the task. A
 task that ended that way in silence would leave a process that answers its health
 checks but no longer publishes changes, delivers webhooks or writes dead letters.
-So a failed task stops the whole process, non-zero, and its supervisor restarts it:
+So a failed task stops the whole process, with exit status 1, and its supervisor
+restarts it:
 every task resumes from what is stored (offsets in PostgreSQL, the unpublished
 outbox rows), so a restart loses and repeats nothing.
 """
@@ -27,6 +28,23 @@ TaskT = TypeVar("TaskT", bound="asyncio.Task[Any]")
 def terminate_this_process() -> None:
     """What a supervisor's stop does: uvicorn shuts the app down cleanly on SIGTERM."""
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_failed_app(app: Any) -> None:
+    """Mark ``app`` failed (``leadstage <role>`` then exits with status 1) and shut it
+    down cleanly.
+
+    Through the uvicorn server the CLI keeps in ``app.state.server`` when there is one:
+    a SIGTERM would also stop it, but uvicorn raises a caught signal again once it has
+    shut down, so the process would die of it (status 143, which systemd's
+    ``Restart=on-failure`` counts as a clean stop) instead of exiting with 1.
+    """
+    app.state.failed = True
+    server = getattr(app.state, "server", None)
+    if server is not None:
+        server.should_exit = True
+    else:
+        terminate_this_process()
 
 
 class TaskFailures:

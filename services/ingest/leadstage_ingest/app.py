@@ -31,7 +31,7 @@ from leadstage.http import (
     install_error_handlers,
 )
 from leadstage.settings import IngestSettings
-from leadstage.supervision import TaskFailures, terminate_this_process
+from leadstage.supervision import TaskFailures, stop_failed_app
 from leadstage.transport import create_publisher
 from leadstage.transport.kafka import KafkaRecordSource
 from leadstage_ingest.database import create_ingest_engine
@@ -66,14 +66,11 @@ def create_app(settings: IngestSettings) -> FastAPI:
     sessions = create_session_factory(database)
     publisher = create_publisher(settings, sessions)
 
-    def stop_failed() -> None:
-        app.state.failed = True  # `leadstage ingest` then exits non-zero
-        terminate_this_process()  # a clean shutdown; the supervisor restarts the process
-
     # A background task that failed (the dead-letter writer, a group-commit worker...)
     # would leave a process that answers health checks but writes no dead letters, or
-    # never answers some requests: stop it instead.
-    failures = TaskFailures(stop_failed)
+    # never answers some requests: stop it instead (exit status 1; the supervisor
+    # restarts it).
+    failures = TaskFailures(lambda: stop_failed_app(app))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -27,7 +27,7 @@ from leadstage.gc_tuning import tune_garbage_collector
 from leadstage.http import health_router, install_error_handlers
 from leadstage.rollup import roll_up_forever
 from leadstage.settings import EngineSettings
-from leadstage.supervision import TaskFailures, terminate_this_process
+from leadstage.supervision import TaskFailures, stop_failed_app
 from leadstage.transport import create_publisher, create_source
 from leadstage_engine.consumer import StageEngine
 from leadstage_engine.outbox import relay_forever
@@ -74,13 +74,9 @@ def create_app(settings: EngineSettings) -> FastAPI:
         )
     ]
 
-    def stop_failed() -> None:
-        app.state.failed = True  # `leadstage engine` then exits non-zero
-        # uvicorn shuts down cleanly; the supervisor restarts the process, and every
-        # task resumes from what is stored in PostgreSQL.
-        terminate_this_process()
-
-    failures = TaskFailures(stop_failed)
+    # A failed task stops the process cleanly with exit status 1; the supervisor
+    # restarts it, and every task resumes from what is stored in PostgreSQL.
+    failures = TaskFailures(lambda: stop_failed_app(app))
 
     partitions_stopping = asyncio.Event()
 
