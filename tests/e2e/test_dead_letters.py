@@ -10,12 +10,14 @@ import time
 import httpx
 
 from leadstage import dlq
-from leadstage.db.session import create_engine, create_session_factory
-from leadstage.transport import create_publisher, create_source
+from leadstage.db.session import SessionFactory
+from leadstage.settings import ServiceSettings
+from leadstage.transport import create_source
 from leadstage.transport.base import OutgoingRecord, Record, TopicPartition
 from tests.conftest import Environment
 from tests.e2e.conftest import Stack
 from tests.e2e.test_walking_skeleton import wait_for_stage
+from tests.integration.test_transports import publish_all
 
 
 class FromStart:
@@ -26,25 +28,8 @@ class FromStart:
         return None
 
 
-async def test_poison_records_are_dead_lettered_with_the_reason(
-    stack: Stack, environment: Environment
-) -> None:
-    settings = environment.settings(stack.env["LEADSTAGE_TRANSPORT"])
-    database = create_engine(settings, application_name="dlq-test")
-    sessions = create_session_factory(database)
-    marker = f"poison-{secrets.token_hex(4)}"
-    poison = [
-        OutgoingRecord(key=marker.encode(), value=b"\xff\xfe not json"),
-        OutgoingRecord(key=marker.encode(), value=json.dumps({"type": "page_view"}).encode()),
-    ]
-    publisher = create_publisher(settings, sessions)
-    await publisher.start()
-    try:
-        await publisher.publish(settings.touchpoints_topic, poison)
-    finally:
-        await publisher.stop()
-
-    # The engine goes on: a valid event after the poison is applied.
+async def post_a_valid_event_and_see_it_applied(stack: Stack, marker: str) -> None:
+    """The engine goes on: a valid event after the poison is applied."""
     lead = f"after-{marker}"
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.post(
@@ -53,8 +38,13 @@ async def test_poison_records_are_dead_lettered_with_the_reason(
             json={"type": "page_view", "lead_id": lead, "occurred_at": "2026-11-20T10:00:00Z"},
         )
         assert response.status_code == 202
-        await wait_for_stage(http, stack, lead, "Awareness")
+        await wait_for_stage(http, stack, lead, "Awareness", within=30)
 
+
+async def dead_letters_keyed(
+    settings: ServiceSettings, sessions: SessionFactory, marker: str, count: int
+) -> list[Record]:
+    """The dead letters whose key is ``marker`` (waits up to 20 s for ``count``)."""
     source = create_source(
         settings, sessions, topic=settings.dead_letter_topic, group=f"dlq-reader-{marker}"
     )
@@ -62,12 +52,26 @@ async def test_poison_records_are_dead_lettered_with_the_reason(
     found: list[Record] = []
     deadline = time.monotonic() + 20
     try:
-        while len(found) < 2 and time.monotonic() < deadline:
+        while len(found) < count and time.monotonic() < deadline:
             records = await source.getmany(timeout_ms=200, max_records=500)
             found += [r for r in records if r.key == marker.encode()]
     finally:
         await source.stop()
-        await database.dispose()
+    return found
+
+
+async def test_poison_records_are_dead_lettered_with_the_reason(
+    stack: Stack, environment: Environment, sessions: SessionFactory
+) -> None:
+    settings = environment.settings(stack.env["LEADSTAGE_TRANSPORT"])
+    marker = f"poison-{secrets.token_hex(4)}"
+    poison = [
+        OutgoingRecord(key=marker.encode(), value=b"\xff\xfe not json"),
+        OutgoingRecord(key=marker.encode(), value=json.dumps({"type": "page_view"}).encode()),
+    ]
+    await publish_all(settings, sessions, poison)
+    await post_a_valid_event_and_see_it_applied(stack, marker)
+    found = await dead_letters_keyed(settings, sessions, marker, 2)
 
     assert [r.value for r in found] == [p.value for p in poison]  # original bytes kept
     reasons = [json.loads(r.headers["leadstage.dlq"]) for r in found]
@@ -83,45 +87,14 @@ NEAR_LIMIT_BYTES = 1_048_576 - 128
 
 
 async def test_a_record_too_large_to_dead_letter_whole_is_cut_and_does_not_stop_the_engine(
-    stack: Stack, environment: Environment
+    stack: Stack, environment: Environment, sessions: SessionFactory
 ) -> None:
     settings = environment.settings(stack.env["LEADSTAGE_TRANSPORT"])
-    database = create_engine(settings, application_name="dlq-test")
-    sessions = create_session_factory(database)
     marker = f"huge-{secrets.token_hex(4)}"
     huge = b"{" + b"x" * (NEAR_LIMIT_BYTES - 1)  # not JSON: dead-lettered
-    publisher = create_publisher(settings, sessions)
-    await publisher.start()
-    try:
-        await publisher.publish(
-            settings.touchpoints_topic, [OutgoingRecord(key=marker.encode(), value=huge)]
-        )
-    finally:
-        await publisher.stop()
-
-    lead = f"after-{marker}"
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.post(
-            f"{stack.ingest.url}/v1/events",
-            headers=stack.write_headers,
-            json={"type": "page_view", "lead_id": lead, "occurred_at": "2026-11-20T10:00:00Z"},
-        )
-        assert response.status_code == 202
-        await wait_for_stage(http, stack, lead, "Awareness", within=30)
-
-    source = create_source(
-        settings, sessions, topic=settings.dead_letter_topic, group=f"dlq-reader-{marker}"
-    )
-    await source.start(FromStart())
-    found: list[Record] = []
-    deadline = time.monotonic() + 20
-    try:
-        while not found and time.monotonic() < deadline:
-            records = await source.getmany(timeout_ms=200, max_records=500)
-            found += [r for r in records if r.key == marker.encode()]
-    finally:
-        await source.stop()
-        await database.dispose()
+    await publish_all(settings, sessions, [OutgoingRecord(key=marker.encode(), value=huge)])
+    await post_a_valid_event_and_see_it_applied(stack, marker)
+    found = await dead_letters_keyed(settings, sessions, marker, 1)
 
     [letter] = found
     reason = json.loads(letter.headers["leadstage.dlq"])

@@ -18,6 +18,7 @@ from leadstage.db.session import SessionFactory
 from tests.conftest import Environment, leadstage_cli
 from tests.e2e.conftest import Stack, last_line, start_service
 from tests.e2e.test_walking_skeleton import wait_for_stage
+from tests.integration.test_transports import publish_all
 
 AT = "2026-11-20T10:00:00Z"
 
@@ -393,7 +394,6 @@ async def test_a_duplicate_storm_on_two_ingest_processes_counts_each_event_once(
 async def test_the_kafka_raw_intake_forwards_valid_records_and_dead_letters_the_rest(
     stack: Stack, environment: Environment, sessions: SessionFactory
 ) -> None:
-    from leadstage.transport import create_publisher
     from leadstage.transport.base import OutgoingRecord
 
     settings = environment.settings("kafka")
@@ -429,12 +429,7 @@ async def test_the_kafka_raw_intake_forwards_valid_records_and_dead_letters_the_
             headers={"write-key": stack.write_key},
         ),
     ]
-    publisher = create_publisher(settings, sessions)
-    await publisher.start()
-    try:
-        await publisher.publish(settings.raw_touchpoints_topic, records)
-    finally:
-        await publisher.stop()
+    await publish_all(settings, sessions, records, topic=settings.raw_touchpoints_topic)
     async with httpx.AsyncClient(timeout=10) as http:
         await wait_for_stage(http, stack, lead, "Action", within=30)
     letters = await dead_letters_matching(environment, stack, sessions, marker, 2)
@@ -450,7 +445,6 @@ async def test_the_kafka_raw_intake_forwards_valid_records_and_dead_letters_the_
 async def test_a_raw_record_too_large_to_dead_letter_whole_is_cut_and_later_ones_follow(
     stack: Stack, environment: Environment, sessions: SessionFactory
 ) -> None:
-    from leadstage.transport import create_publisher
     from leadstage.transport.base import OutgoingRecord
 
     settings = environment.settings("kafka")
@@ -460,16 +454,14 @@ async def test_a_raw_record_too_large_to_dead_letter_whole_is_cut_and_later_ones
     huge = f'{{"type": "page_view", "m": "{marker}", "pad": "'.encode()
     huge += b"x" * (1_048_576 - 128 - len(huge) - 2) + b'"}'
     later = f"{{broken later {marker}".encode()
-    publisher = create_publisher(settings, sessions)
-    await publisher.start()
-    try:
-        for value in (huge, later):  # two requests: the first must not hold up the second
-            await publisher.publish(
-                settings.raw_touchpoints_topic,
-                [OutgoingRecord(key=b"", value=value, headers={"write-key": stack.write_key})],
-            )
-    finally:
-        await publisher.stop()
+    keyed = {"write-key": stack.write_key}
+    await publish_all(  # two requests: the first must not hold up the second
+        settings,
+        sessions,
+        [OutgoingRecord(key=b"", value=huge, headers=keyed)],
+        [OutgoingRecord(key=b"", value=later, headers=keyed)],
+        topic=settings.raw_touchpoints_topic,
+    )
     letters = await dead_letters_matching(environment, stack, sessions, marker, 2)
     by_kind = {letter["error_kind"]: letter for letter in letters}
     assert sorted(by_kind) == ["json_invalid", "size_violation"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadstage.db.models import Account, Identity, IdentityMerge, LeadAccount
 from leadstage.db.session import SessionFactory, unit_of_work
+from leadstage.events import Account as AccountIn
 from leadstage.events import Touchpoint, TouchpointIn
 from leadstage_ingest.identity import (
     Alias,
@@ -23,9 +25,9 @@ from leadstage_ingest.service import claim_and_resolve_single
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
 
-def touch(**ids: str) -> Touchpoint:
+def touch(**fields: Any) -> Touchpoint:
     return Touchpoint.accept(
-        TouchpointIn(type="page_view", occurred_at=NOW, **ids),
+        TouchpointIn(type="page_view", occurred_at=NOW, **fields),
         source="test",
         received_at=NOW,
     )
@@ -115,89 +117,54 @@ async def test_accounts_keep_known_firmographics_and_domains_stay_unique(
     assert (account.domain, account.industry, account.tier) == (domain, "software", 1)
 
 
+async def attach(sessions: SessionFactory, *events: Touchpoint) -> dict[str, AccountIn]:
+    async with unit_of_work(sessions) as session:
+        leads = await resolve_leads(session, events)
+        return await attach_accounts(session, events, leads)
+
+
+async def link_of(sessions: SessionFactory, lead: str) -> tuple[str, str]:
+    async with sessions() as session:
+        link = await session.get(LeadAccount, lead)
+    assert link is not None
+    return link.account_id, link.attached_by
+
+
 async def test_a_merged_leads_account_follows_it_to_the_known_lead(
     sessions: SessionFactory,
 ) -> None:
     # A browser's usual order: `group` for the anonymous visitor, then `identify`.
     anonymous, user, group = f"anon-{t()}", f"u-{t()}", f"acct-{t()}"
-    grouped = Touchpoint.accept(
-        TouchpointIn(
-            type="page_view", occurred_at=NOW, anonymous_id=anonymous, account={"id": group}
-        ),
-        source="web",
-        received_at=NOW,
-    )
-    async with unit_of_work(sessions) as session:
-        leads = await resolve_leads(session, [grouped])
-        await attach_accounts(session, [grouped], leads)
+    await attach(sessions, touch(anonymous_id=anonymous, account={"id": group}))
     assert await resolve(sessions, touch(lead_id=user, anonymous_id=anonymous)) == [user]
-    async with sessions() as session:
-        link = await session.get(LeadAccount, user)
-    assert link is not None
-    assert (link.account_id, link.attached_by) == (group, "explicit")
+    assert await link_of(sessions, user) == (group, "explicit")
 
     # An explicit link of the absorbed lead replaces the known lead's email-domain one,
     # and never the other way round.
     other_anonymous, other_user = f"anon-{t()}", f"u-{t()}"
-    by_domain = Touchpoint.accept(
-        TouchpointIn(
-            type="page_view", occurred_at=NOW, lead_id=other_user, email=f"x@d-{t()}.example"
-        ),
-        source="web",
-        received_at=NOW,
+    await attach(
+        sessions,
+        touch(lead_id=other_user, email=f"x@d-{t()}.example"),
+        touch(anonymous_id=other_anonymous, account={"id": group}),
     )
-    explicit = Touchpoint.accept(
-        TouchpointIn(
-            type="page_view", occurred_at=NOW, anonymous_id=other_anonymous, account={"id": group}
-        ),
-        source="web",
-        received_at=NOW,
-    )
-    async with unit_of_work(sessions) as session:
-        leads = await resolve_leads(session, [by_domain, explicit])
-        await attach_accounts(session, [by_domain, explicit], leads)
     await resolve(sessions, touch(lead_id=other_user, anonymous_id=other_anonymous))
-    async with sessions() as session:
-        link = await session.get(LeadAccount, other_user)
-    assert link is not None
-    assert (link.account_id, link.attached_by) == (group, "explicit")
+    assert await link_of(sessions, other_user) == (group, "explicit")
 
     # Never the other way round: the known lead's explicit link stays, and so does its
     # link by email domain against the absorbed lead's by email domain.
     for kept in ("explicit", "email_domain"):
         anonymous_b, user_b = f"anon-{t()}", f"u-{t()}"
-        known = Touchpoint.accept(
-            TouchpointIn(
-                type="page_view",
-                occurred_at=NOW,
-                lead_id=user_b,
-                **(
-                    {"account": {"id": f"own-{t()}"}}
-                    if kept == "explicit"
-                    else {"email": f"x@own-{t()}.example"}
-                ),
-            ),
-            source="web",
-            received_at=NOW,
+        own: dict[str, Any] = (
+            {"account": {"id": f"own-{t()}"}}
+            if kept == "explicit"
+            else {"email": f"x@own-{t()}.example"}
         )
-        absorbed = Touchpoint.accept(
-            TouchpointIn(
-                type="page_view",
-                occurred_at=NOW,
-                anonymous_id=anonymous_b,
-                email=f"y@other-{t()}.example",
-            ),
-            source="web",
-            received_at=NOW,
+        known = touch(lead_id=user_b, **own)
+        attached = await attach(
+            sessions, known, touch(anonymous_id=anonymous_b, email=f"y@other-{t()}.example")
         )
-        async with unit_of_work(sessions) as session:
-            leads = await resolve_leads(session, [known, absorbed])
-            attached = await attach_accounts(session, [known, absorbed], leads)
         await resolve(sessions, touch(lead_id=user_b, anonymous_id=anonymous_b))
-        async with sessions() as session:
-            link = await session.get(LeadAccount, user_b)
-        assert link is not None
-        assert (link.account_id, link.attached_by) == (attached[known.event_id].id, kept)
+        assert await link_of(sessions, user_b) == (attached[known.event_id].id, kept)
 
 
 async def claim_single(

@@ -74,13 +74,17 @@ async def fresh_topics(
 
 
 async def publish_all(
-    settings: ServiceSettings, sessions: SessionFactory, *batches: Sequence[OutgoingRecord]
+    settings: ServiceSettings,
+    sessions: SessionFactory,
+    *batches: Sequence[OutgoingRecord],
+    topic: str | None = None,
 ) -> None:
+    """Each batch in one publish, to ``topic`` (the touchpoints topic by default)."""
     publisher = create_publisher(settings, sessions)
     await publisher.start()
     try:
         for batch in batches:
-            await publisher.publish(settings.touchpoints_topic, batch)
+            await publisher.publish(topic or settings.touchpoints_topic, batch)
     finally:
         await publisher.stop()
 
