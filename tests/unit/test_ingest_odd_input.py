@@ -141,3 +141,33 @@ def test_an_event_nested_a_thousand_levels_is_over_the_depth_limit_in_any_batch(
     message = track(properties=nested(1000))
     candidate = intake.segment_candidate(message, "web", NOW, Limits(), size_known_below=500_000)
     assert outcome(candidate) == ("limit_exceeded", "properties" + ".k" * 8)
+
+
+@pytest.mark.parametrize("event_id", [0, "", "   ", False, 5])
+def test_a_present_but_invalid_event_id_is_refused_not_replaced(event_id: object) -> None:
+    event = {
+        "event_id": event_id,
+        "type": "page_view",
+        "lead_id": "l-1",
+        "occurred_at": "2026-11-20T11:00:00Z",
+    }
+    with pytest.raises(Rejected) as refused:
+        to_touchpoint(event, source="web", received_at=NOW, limits=Limits())
+    assert refused.value.field == "event_id"
+    [outcome] = to_touchpoints([event], source="web", received_at=NOW, limits=Limits())
+    assert isinstance(outcome, Rejected)
+    assert outcome.field == "event_id"
+
+
+def test_an_absent_or_null_event_id_is_generated() -> None:
+    for event in (
+        {"type": "page_view", "lead_id": "l-1", "occurred_at": "2026-11-20T11:00:00Z"},
+        {
+            "event_id": None,
+            "type": "page_view",
+            "lead_id": "l-1",
+            "occurred_at": "2026-11-20T11:00:00Z",
+        },
+    ):
+        touchpoint = to_touchpoint(event, source="web", received_at=NOW, limits=Limits())
+        assert len(touchpoint.event_id) == 36  # a UUID

@@ -279,10 +279,13 @@ def _stamped_fields(
         field = sorted(stamped)[0]
         raise Rejected(ErrorKind.SCHEMA_VIOLATION, field, "Extra inputs are not permitted")
     # One validation, straight into the stamped model (its fields are v1's plus
-    # what ingest adds), instead of validating v1 and then copying.
+    # what ingest adds), instead of validating v1 and then copying. Only an absent id
+    # is generated: a present but invalid one (0, "", false) is the client's mistake,
+    # refused by the schema, not silently replaced.
+    event_id = event.get("event_id")
     return {
         **event,
-        "event_id": event.get("event_id") or str(uuid.uuid4()),
+        "event_id": str(uuid.uuid4()) if event_id is None else event_id,
         "source": source,
         "received_at": received_at,
     }
