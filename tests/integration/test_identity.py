@@ -213,3 +213,61 @@ async def test_the_single_identifier_path_resolves_as_the_session_path_does(
     claimed, leads = await claim_single(database, events[0], again)
     assert claimed == {(again.source, again.event_id)}
     assert leads == {again.event_id: f"anon:{other}"}
+
+
+async def domain_of(sessions: SessionFactory, account_id: str) -> str | None:
+    async with sessions() as session:
+        account = await session.get(Account, account_id)
+    assert account is not None
+    return account.domain
+
+
+async def test_a_named_account_takes_its_domain_and_contacts_from_the_made_up_one(
+    sessions: SessionFactory,
+) -> None:
+    # Contacts known by their work email first: LeadStage makes up "domain:<domain>".
+    domain, named = f"acme-{t()}.example", f"crm-{t()}"
+    bob, carol, dave = f"bob-{t()}", f"carol-{t()}", f"dave-{t()}"
+    await attach(sessions, touch(lead_id=bob, email=f"bob@{domain}"))
+    assert await link_of(sessions, bob) == (f"domain:{domain}", "email_domain")
+
+    # Then a group call names the company's account, with its website.
+    attached = await attach(sessions, touch(lead_id=carol, account={"id": named, "domain": domain}))
+    assert [a.id for a in attached.values()] == [named]
+    assert await link_of(sessions, carol) == (named, "explicit")
+    # One company, one account: the earlier contact moved, and the domain with it.
+    assert await link_of(sessions, bob) == (named, "email_domain")
+    assert await domain_of(sessions, named) == domain
+    assert await domain_of(sessions, f"domain:{domain}") is None
+    # A later colleague joins the named account by email.
+    await attach(sessions, touch(lead_id=dave, email=f"dave@{domain}"))
+    assert await link_of(sessions, dave) == (named, "email_domain")
+
+
+async def test_in_one_group_the_named_account_owns_the_domain_whatever_the_order(
+    sessions: SessionFactory,
+) -> None:
+    domain, named = f"acme-{t()}.example", f"crm-{t()}"
+    by_email, by_group = f"l-{t()}", f"l-{t()}"
+    await attach(
+        sessions,
+        touch(lead_id=by_email, email=f"x@{domain}"),
+        touch(lead_id=by_group, account={"id": named, "domain": domain}),
+    )
+    assert await link_of(sessions, by_email) == (named, "email_domain")
+    assert await link_of(sessions, by_group) == (named, "explicit")
+    assert await domain_of(sessions, named) == domain
+
+
+async def test_a_domain_another_named_account_owns_stays_with_it(
+    sessions: SessionFactory,
+) -> None:
+    domain, first, second = f"acme-{t()}.example", f"crm-{t()}", f"crm-{t()}"
+    early, late, colleague = f"l-{t()}", f"l-{t()}", f"l-{t()}"
+    await attach(sessions, touch(lead_id=early, account={"id": first, "domain": domain}))
+    await attach(sessions, touch(lead_id=late, account={"id": second, "domain": domain}))
+    assert await link_of(sessions, late) == (second, "explicit")
+    assert await domain_of(sessions, first) == domain
+    assert await domain_of(sessions, second) is None
+    await attach(sessions, touch(lead_id=colleague, email=f"c@{domain}"))
+    assert await link_of(sessions, colleague) == (first, "email_domain")

@@ -324,6 +324,7 @@ async def attach_accounts(
     for account_id, domain in existing:
         if domain:
             domain_owner[domain] = account_id
+    moved = await _hand_domains_to_named_accounts(session, wanted.values(), domain_owner)
 
     upserts: dict[str, dict[str, Any]] = {}
     links: dict[str, dict[str, Any]] = {}
@@ -332,7 +333,9 @@ async def attach_accounts(
         account = attachment.account
         domain = account.domain
         account_id = (
-            account.id or (domain_owner.get(domain) if domain else None) or f"domain:{domain}"
+            account.id
+            or (domain_owner.get(domain) if domain else None)
+            or _domain_account_id(str(domain))
         )
         if domain is not None and domain_owner.setdefault(domain, account_id) != account_id:
             domain = None  # the domain belongs to another account already
@@ -392,6 +395,48 @@ async def attach_accounts(
     )
     # The funnel summary's rollup: a lead now in another account, and every contact of
     # an account whose firmographics changed, count in other segments.
-    await mark_leads(session, [lead for lead, moved in linked if moved])
+    await mark_leads(session, [*moved, *(lead for lead, changed in linked if changed)])
     await mark_account_contacts(session, [account for account, changed in upserted if changed])
     return result
+
+
+def _domain_account_id(domain: str) -> str:
+    """The account LeadStage makes up for a company known only by its contacts' emails."""
+    return f"domain:{domain}"
+
+
+async def _hand_domains_to_named_accounts(
+    session: AsyncSession, wanted: Iterable[_Attachment], domain_owner: dict[str, str]
+) -> list[str]:
+    """A named account (an explicit id, from the event or a ``group`` call) that comes
+    with a domain owns that domain, before the account made up from email domains
+    (``domain:x``) does. Else one company would be two accounts, and its buying group
+    split: the contacts a group call named in one, those known by their email in the
+    other, and every later colleague's email in the made-up one. So the made-up account
+    gives the domain up, and its contacts attached by email domain move to the named
+    account. Contacts attached explicitly stay where they are, and a domain that a named
+    account owns already stays with it. Updates ``domain_owner``; returns the leads
+    moved."""
+    takeovers: dict[str, str] = {}  # made-up account id -> named account id
+    for attachment in wanted:
+        named, domain = attachment.account.id, attachment.account.domain
+        if attachment.attached_by != "explicit" or named is None or domain is None:
+            continue
+        owner = domain_owner.setdefault(domain, named)
+        if owner != named and owner == _domain_account_id(domain):
+            takeovers[owner] = named
+            domain_owner[domain] = named
+    moved: list[str] = []
+    for made_up, named in sorted(takeovers.items()):  # one lock order across groups
+        # First free the domain (it is unique), then the named account's upsert takes it.
+        await session.execute(
+            update(Account).where(Account.id == made_up).values(domain=None, updated_at=func.now())
+        )
+        contacts = await session.execute(
+            update(LeadAccount)
+            .where(LeadAccount.account_id == made_up, LeadAccount.attached_by == "email_domain")
+            .values(account_id=named, attached_at=func.now())
+            .returning(LeadAccount.lead_id)
+        )
+        moved += contacts.scalars()
+    return moved
