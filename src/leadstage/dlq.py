@@ -29,6 +29,9 @@ from leadstage.transport.base import OutgoingRecord, Record, TopicPartition
 #: lost; the reason records the original size.
 MAX_PAYLOAD_BYTES = 256 * 1024
 
+#: On a raw record: when LeadStage first received it (ISO 8601), set by ``replay``.
+RECEIVED_AT_HEADER = "leadstage.received-at"
+
 
 def dead_letter(key: bytes, payload: bytes, reason: Mapping[str, Any]) -> OutgoingRecord:
     """The dead letter of a refused record: its key, its payload (cut to
@@ -91,6 +94,24 @@ def describe(record: Record, *, payload_chars: int = 300) -> dict[str, Any]:
     }
 
 
+def replay_record(record: Record, *, kind: str | None = None) -> OutgoingRecord | None:
+    """The raw record that replays the dead letter ``record``, or None when it is not
+    to be replayed: not ingest's, not of ``kind``, or cut (only part of it is there)."""
+    reason = reason_of(record)
+    if reason.get("rejected_by") != "ingest" or (kind and reason.get("error_kind") != kind):
+        return None
+    if reason.get("payload_truncated"):
+        return None
+    headers = {"leadstage.replayed-from": f"{record.partition}:{record.offset}"}
+    if reason.get("source"):
+        headers["source"] = str(reason["source"])
+    if reason.get("rejected_at"):
+        # Refused on arrival: the replayed record is read as of then (time limits, a
+        # Segment message's clock-skew correction), not as of the replay.
+        headers[RECEIVED_AT_HEADER] = str(reason["rejected_at"])
+    return OutgoingRecord(key=record.key or b"", value=record.value, headers=headers)
+
+
 async def replay(
     settings: ServiceSettings, sessions: SessionFactory, *, kind: str | None = None
 ) -> int:
@@ -103,15 +124,10 @@ async def replay(
     try:
         batch: list[OutgoingRecord] = []
         async for record in dead_letters(settings, sessions):
-            reason = reason_of(record)
-            if reason.get("rejected_by") != "ingest" or (kind and reason.get("error_kind") != kind):
+            again = replay_record(record, kind=kind)
+            if again is None:
                 continue
-            if reason.get("payload_truncated"):
-                continue
-            headers = {"leadstage.replayed-from": f"{record.partition}:{record.offset}"}
-            if reason.get("source"):
-                headers["source"] = str(reason["source"])
-            batch.append(OutgoingRecord(key=record.key or b"", value=record.value, headers=headers))
+            batch.append(again)
             if len(batch) >= 500:
                 await publisher.publish(settings.raw_touchpoints_topic, batch)
                 replayed += len(batch)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -439,6 +440,44 @@ async def test_the_kafka_raw_intake_forwards_valid_records_and_dead_letters_the_
     ]
     assert all(letter["source_topic"] == settings.raw_touchpoints_topic for letter in letters)
     assert all(isinstance(letter["source_offset"], int) for letter in letters)
+
+
+@pytest.mark.parametrize("stack", ["kafka"], indirect=True)
+async def test_a_replayed_segment_record_is_read_as_of_its_first_receipt(
+    stack: Stack, environment: Environment, sessions: SessionFactory
+) -> None:
+    from leadstage.transport.base import OutgoingRecord
+
+    marker = tag()
+    # First received an hour ago from a client whose clock ran two hours behind; the
+    # replay carries that time (dlq.replay_record), as the clock-skew correction needs.
+    received = datetime.now(UTC) - timedelta(hours=1)
+    sent = received - timedelta(hours=2)
+    message = {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"replay-{marker}",
+        "messageId": f"replay-{marker}",
+        "sentAt": sent.isoformat(),
+        "timestamp": (sent - timedelta(seconds=10)).isoformat(),
+    }
+    record = OutgoingRecord(
+        key=b"e2e",
+        value=json.dumps(message).encode(),
+        headers={"source": "e2e", dlq.RECEIVED_AT_HEADER: received.isoformat()},
+    )
+    settings = environment.settings("kafka")
+    await publish_all(settings, sessions, [record], topic=settings.raw_touchpoints_topic)
+    deadline = time.monotonic() + 30
+    stored: StoredTouchpoint | None = None
+    while stored is None and time.monotonic() < deadline:
+        async with sessions() as session:
+            stored = await session.scalar(
+                select(StoredTouchpoint).where(StoredTouchpoint.event_id == f"replay-{marker}")
+            )
+        await asyncio.sleep(0.3)
+    assert stored is not None, "the replayed record was not forwarded"
+    assert stored.occurred_at == received - timedelta(seconds=10)
 
 
 @pytest.mark.parametrize("stack", ["kafka"], indirect=True)

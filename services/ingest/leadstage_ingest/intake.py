@@ -271,10 +271,24 @@ def segment_candidate(
         check_time(mapped.touchpoint.occurred_at, received_at=received_at, limits=limits)
         touchpoint = Touchpoint.accept(mapped.touchpoint, source=source, received_at=received_at)
     except Rejected as rejection:
-        return Candidate(raw=message, rejection=rejection)
+        return Candidate(
+            raw=_as_sent_alone(message, batch_sent_at, batch_context), rejection=rejection
+        )
     except Exception:  # noqa: BLE001 - one message's failure must not sink its batch
-        return Candidate(raw=message, rejection=_processing_error(source))
+        return Candidate(
+            raw=_as_sent_alone(message, batch_sent_at, batch_context),
+            rejection=_processing_error(source),
+        )
     return Candidate(raw=message, touchpoint=touchpoint, previous_id=mapped.previous_id)
+
+
+def _as_sent_alone(
+    message: Any, batch_sent_at: datetime | None, batch_context: Mapping[str, Any] | None
+) -> Any:
+    """What a rejected message's dead letter keeps: see ``segment.standalone``."""
+    if not isinstance(message, Mapping):
+        return message
+    return segment.standalone(message, batch_sent_at, batch_context)
 
 
 async def segment_messages(

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from leadstage import dlq
 from leadstage.credentials import Source, find_source
 from leadstage.db.session import SessionFactory
 from leadstage.http import ApiError
@@ -35,6 +36,22 @@ logger = logging.getLogger(__name__)
 
 def is_segment_shaped(payload: Mapping[str, Any]) -> bool:
     return "occurred_at" not in payload and payload.get("type") in set(segment.SegmentMessageType)
+
+
+def received_at_of(record: Record, *, now: datetime) -> datetime:
+    """When LeadStage first received ``record``: a replayed dead letter's original time
+    (``dlq.RECEIVED_AT_HEADER``), else ``now``. A header that is not an aware time, or
+    is later than ``now``, is ignored."""
+    header = record.headers.get(dlq.RECEIVED_AT_HEADER)
+    if header is None:
+        return now
+    try:
+        received = datetime.fromisoformat(header)
+    except ValueError:
+        return now
+    if received.tzinfo is None or received > now:
+        return now
+    return received
 
 
 class RawIntake:
@@ -95,7 +112,9 @@ class RawIntake:
         received_at = datetime.now(UTC)
         by_source: dict[str, list[Candidate]] = defaultdict(list)
         for record in records:
-            source_name, candidate = await self._candidate(record, received_at)
+            source_name, candidate = await self._candidate(
+                record, received_at_of(record, now=received_at)
+            )
             by_source[source_name].append(candidate)
         for source_name, candidates in by_source.items():
             await self._intake.accept(candidates, source_name, intake="kafka")

@@ -430,6 +430,26 @@ def split_batch(
     return list(batch), sent_at, context
 
 
+def standalone(
+    message: Mapping[str, Any],
+    batch_sent_at: datetime | None,
+    batch_context: Mapping[str, Any] | None,
+) -> Mapping[str, Any]:
+    """A ``/v1/batch`` message as it would be sent alone, with the envelope's ``sentAt``
+    (unless it has its own) and ``context`` (under its own, as ``to_touchpoint`` merges
+    them) folded in. A dead letter keeps this form, so that a replay reads the message
+    as its batch did: the same clock-skew correction, the same campaign and group."""
+    if batch_sent_at is None and not batch_context:
+        return message
+    alone = dict(message)
+    if batch_sent_at is not None and alone.get("sentAt") is None:
+        alone["sentAt"] = batch_sent_at.isoformat()
+    own = alone.get("context")
+    if batch_context and (own is None or isinstance(own, Mapping)):
+        alone["context"] = _deep_merge(batch_context, own or {})
+    return alone
+
+
 def body_write_key(body: Mapping[str, Any]) -> str | None:
     """The ``writeKey`` a request body carries (HTTP API "writeKey authentication")."""
     value = body.get("writeKey")
