@@ -456,6 +456,27 @@ def test_b2b_a_visit_does_not_undo_an_exit(exit_type: str, visit: str) -> None:
     assert moves(results[-1:]) == []
 
 
+@pytest.mark.parametrize("exit_type", ["deal_lost", "churned"])
+@pytest.mark.parametrize("visits", [["page_view"], ["ad_click"], ["page_view", "page_view"]])
+def test_loyalty_a_visit_does_not_undo_an_exit(exit_type: str, visits: list[str]) -> None:
+    loyalty = load_presets()["six-stage-loyalty"]
+    before = [ev("page_view"), ev("purchase", 1), ev(exit_type, 2)]
+    after = [ev(visit, 3 + i / 10) for i, visit in enumerate(visits)]
+    results = fold(loyalty, [*before, *after])
+    assert results[2].state.stage in ("Lost", "Churned")
+    assert results[-1].state.stage == results[2].state.stage
+    assert moves(results[3:]) == []
+    # A real buying signal still brings the lead back.
+    back = fold(loyalty, [*before, ev("demo_requested", 4)])
+    assert back[-1].state.stage == "Evaluation"
+
+
+def test_loyalty_visits_still_bring_a_new_lead_in_and_along() -> None:
+    loyalty = load_presets()["six-stage-loyalty"]
+    results = fold(loyalty, [ev("page_view"), ev("page_view", 1)])
+    assert [r.state.stage for r in results] == ["Awareness", "Interest"]
+
+
 # -- 6. b2b-six-stage: a high-fit demo request is sales-ready on its first event ---------------
 
 HIGH_FIT = {"domain": "acme.io", "industry": "fintech", "tier": 1}  # fit 10 + 15 = 25
