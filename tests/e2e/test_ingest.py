@@ -468,16 +468,57 @@ async def test_a_replayed_segment_record_is_read_as_of_its_first_receipt(
     )
     settings = environment.settings("kafka")
     await publish_all(settings, sessions, [record], topic=settings.raw_touchpoints_topic)
+    stored = await stored_touchpoint(sessions, f"replay-{marker}")
+    assert stored.occurred_at == received - timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("stack", ["kafka"], indirect=True)
+async def test_a_raw_segment_record_is_read_as_of_its_time_in_the_log(
+    stack: Stack, environment: Environment, sessions: SessionFactory
+) -> None:
+    """An intake running behind does not move Segment events by its lag: the clock-skew
+    correction counts from the record's time in Kafka, not from its consumption."""
+    from aiokafka import AIOKafkaProducer
+
+    marker = tag()
+    logged = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    sent = logged - timedelta(hours=2)  # the client's clock runs two hours behind
+    message = {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"lagged-{marker}",
+        "messageId": f"lagged-{marker}",
+        "sentAt": sent.isoformat(),
+        "timestamp": (sent - timedelta(seconds=10)).isoformat(),
+    }
+    settings = environment.settings("kafka")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.raw_touchpoints_topic,
+            json.dumps(message).encode(),
+            key=b"e2e",
+            headers=[("write-key", stack.write_key.encode())],
+            timestamp_ms=int(logged.timestamp() * 1000),
+        )
+    finally:
+        await producer.stop()
+    stored = await stored_touchpoint(sessions, f"lagged-{marker}")
+    assert stored.occurred_at == logged - timedelta(seconds=10)
+
+
+async def stored_touchpoint(sessions: SessionFactory, event_id: str) -> StoredTouchpoint:
     deadline = time.monotonic() + 30
-    stored: StoredTouchpoint | None = None
-    while stored is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         async with sessions() as session:
             stored = await session.scalar(
-                select(StoredTouchpoint).where(StoredTouchpoint.event_id == f"replay-{marker}")
+                select(StoredTouchpoint).where(StoredTouchpoint.event_id == event_id)
             )
+        if stored is not None:
+            return stored
         await asyncio.sleep(0.3)
-    assert stored is not None, "the replayed record was not forwarded"
-    assert stored.occurred_at == received - timedelta(seconds=10)
+    raise AssertionError(f"{event_id} was not forwarded and stored")
 
 
 @pytest.mark.parametrize("stack", ["kafka"], indirect=True)

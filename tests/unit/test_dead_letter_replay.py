@@ -68,6 +68,25 @@ def test_a_missing_or_unusable_receive_time_is_now(header: str | None) -> None:
     assert received_at_of(Record("raw", 0, 0, None, b"{}", headers), now=NOW) == NOW
 
 
+def test_a_record_not_replayed_was_received_at_its_time_in_the_log() -> None:
+    logged = int((NOW - timedelta(minutes=5)).timestamp() * 1000)
+    record = Record("raw", 0, 0, None, b"{}", {}, timestamp_ms=logged)
+    assert received_at_of(record, now=NOW) == NOW - timedelta(minutes=5)
+    # A replay's header says when it first arrived, before its new time in the log.
+    replayed = Record(
+        "raw", 0, 0, None, b"{}", {dlq.RECEIVED_AT_HEADER: RECEIVED.isoformat()}, logged
+    )
+    assert received_at_of(replayed, now=NOW) == RECEIVED
+
+
+@pytest.mark.parametrize(
+    "timestamp_ms", [None, -1, int((NOW + timedelta(seconds=1)).timestamp() * 1000), 2**62]
+)
+def test_an_unusable_log_time_is_now(timestamp_ms: int | None) -> None:
+    record = Record("raw", 0, 0, None, b"{}", {}, timestamp_ms=timestamp_ms)
+    assert received_at_of(record, now=NOW) == NOW
+
+
 def message(**fields: Any) -> dict[str, Any]:
     return {
         "type": "track",

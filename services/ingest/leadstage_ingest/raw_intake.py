@@ -40,18 +40,29 @@ def is_segment_shaped(payload: Mapping[str, Any]) -> bool:
 
 def received_at_of(record: Record, *, now: datetime) -> datetime:
     """When LeadStage first received ``record``: a replayed dead letter's original time
-    (``dlq.RECEIVED_AT_HEADER``), else ``now``. A header that is not an aware time, or
-    is later than ``now``, is ignored."""
+    (``dlq.RECEIVED_AT_HEADER``), else the record's time in the log, else ``now``.
+
+    Not the time it is consumed: a Segment message's clock-skew correction counts from
+    the receive time, so an intake running behind (or a replay days later) would move
+    the event by as much. A time that cannot be read, or is later than ``now``, is
+    ignored."""
     header = record.headers.get(dlq.RECEIVED_AT_HEADER)
-    if header is None:
-        return now
-    try:
-        received = datetime.fromisoformat(header)
-    except ValueError:
-        return now
-    if received.tzinfo is None or received > now:
-        return now
-    return received
+    if header is not None:
+        try:
+            replayed = datetime.fromisoformat(header)
+        except ValueError:
+            pass
+        else:
+            if replayed.tzinfo is not None and replayed <= now:
+                return replayed
+    if record.timestamp_ms is not None and record.timestamp_ms >= 0:
+        try:
+            logged = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            return now
+        if logged <= now:
+            return logged
+    return now
 
 
 class RawIntake:

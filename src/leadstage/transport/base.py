@@ -27,6 +27,9 @@ class Record:
     key: bytes | None
     value: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: The log's time for the record, in ms since the epoch (Kafka's record timestamp:
+    #: the producer's create time, or the broker's append time if the topic says so).
+    timestamp_ms: int | None = None
 
     @property
     def topic_partition(self) -> TopicPartition:

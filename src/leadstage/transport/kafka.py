@@ -268,6 +268,7 @@ class KafkaRecordSource:
                     k: v.decode(errors="replace") if v is not None else ""
                     for k, v in message.headers
                 },
+                timestamp_ms=message.timestamp,
             )
             for messages in batches.values()
             for message in messages
