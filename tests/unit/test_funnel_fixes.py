@@ -397,15 +397,6 @@ def test_non_finite_numbers_are_refused(old: str, new: str, line: int, field: st
     assert "finite number" in err.message, str(err)
 
 
-@pytest.mark.parametrize(
-    "then", ["{move_to: null}", "{sales_ready: null}", "{exit: null, score: {}}", "{}"]
-)
-def test_a_rule_whose_effects_are_all_null_is_refused(then: str) -> None:
-    err = definition_error(NUMBERS.replace("then: {score: {eng: 5}}", f"then: {then}"), "n.yaml")
-    assert (err.file, err.line, err.field) == ("n.yaml", 23, "rules.0.then"), str(err)
-    assert "needs at least one of" in err.message, str(err)
-
-
 # -- 4. aida: a customer is not handed back to sales -----------------------------------------
 
 

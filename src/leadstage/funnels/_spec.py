@@ -340,10 +340,8 @@ class Then(_Model):
     def _one_move(self) -> Then:
         if self.move_to is not None and self.exit is not None:
             raise ValueError("a rule may either move_to a stage or exit, not both")
-        # By value, not by the keys given: `move_to: null` (or `sales_ready: null`) alone
-        # would be a rule that matches and does nothing, most likely a typo.
-        if (self.move_to, self.exit, self.sales_ready) == (None, None, None) and not self.score:
-            raise ValueError("needs at least one of move_to, exit, score, sales_ready (not null)")
+        if not self.model_fields_set or (self.model_fields_set == {"score"} and not self.score):
+            raise ValueError("needs at least one of move_to, exit, score, sales_ready")
         return self
 
 
