@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -271,3 +272,37 @@ async def test_a_domain_another_named_account_owns_stays_with_it(
     assert await domain_of(sessions, second) is None
     await attach(sessions, touch(lead_id=colleague, email=f"c@{domain}"))
     assert await link_of(sessions, colleague) == (first, "email_domain")
+
+
+async def test_a_takeover_and_groups_using_the_same_accounts_run_concurrently(
+    sessions: SessionFactory,
+) -> None:
+    # A takeover locks the made-up account, then the named one; a group attaching a
+    # contact by email and another by the named id locks them in id order. Without the
+    # domain lock these deadlocked, or re-attached the handed-over domain (a unique
+    # violation). Several rounds, each on a fresh company, all at once.
+    async def round_of_groups() -> tuple[str, list[str]]:
+        domain, named = f"acme-{t()}.example", f"crm-{t()}"
+        await attach(sessions, touch(lead_id=f"bob-{t()}", email=f"bob@{domain}"))
+        colleagues = [f"c-{t()}" for _ in range(3)]
+        await asyncio.gather(
+            attach(
+                sessions, touch(lead_id=f"carol-{t()}", account={"id": named, "domain": domain})
+            ),
+            *(
+                attach(
+                    sessions,
+                    touch(lead_id=f"g-{t()}", account={"id": named}),
+                    touch(lead_id=colleague, email=f"{colleague}@{domain}"),
+                )
+                for colleague in colleagues
+            ),
+        )
+        return named, colleagues
+
+    for named, colleagues in await asyncio.gather(*(round_of_groups() for _ in range(6))):
+        # Whichever committed first, the domain ends with the named account, and so do
+        # the colleagues attached by it (moved by the takeover, or found by the domain).
+        assert await domain_of(sessions, named) is not None
+        for colleague in colleagues:
+            assert await link_of(sessions, colleague) == (named, "email_domain")

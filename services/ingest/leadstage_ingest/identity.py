@@ -315,6 +315,12 @@ async def attach_accounts(
 
     domains = {a.account.domain for a in wanted.values() if a.account.domain}
     ids = {a.account.id for a in wanted.values() if a.account.id}
+    # Held to the commit: a group reads who owns its domains only after any other group
+    # that may hand one over (``_hand_domains_to_named_accounts``) has committed. Else
+    # it could re-attach a domain that was just handed over (a unique violation), or lock
+    # the two accounts in the opposite order (a deadlock). Taken after the identity
+    # locks, as every group takes them, so the two kinds never wait in a cycle.
+    await _lock(session, [(_DOMAIN_LOCK, domain) for domain in domains])
     existing = await session.execute(
         select(Account.id, Account.domain).where(
             (Account.domain.in_(domains)) | (Account.id.in_(ids))
@@ -398,6 +404,10 @@ async def attach_accounts(
     await mark_leads(session, [*moved, *(lead for lead, changed in linked if changed)])
     await mark_account_contacts(session, [account for account, changed in upserted if changed])
     return result
+
+
+#: The advisory-lock namespace of account domains (identifiers use their kinds).
+_DOMAIN_LOCK = "account_domain"
 
 
 def _domain_account_id(domain: str) -> str:
