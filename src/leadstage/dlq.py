@@ -105,10 +105,12 @@ def replay_record(record: Record, *, kind: str | None = None) -> OutgoingRecord 
     headers = {"leadstage.replayed-from": f"{record.partition}:{record.offset}"}
     if reason.get("source"):
         headers["source"] = str(reason["source"])
-    if reason.get("rejected_at"):
-        # Refused on arrival: the replayed record is read as of then (time limits, a
-        # Segment message's clock-skew correction), not as of the replay.
-        headers[RECEIVED_AT_HEADER] = str(reason["rejected_at"])
+    # The replayed record is read as of its first arrival (time limits, a Segment
+    # message's clock-skew correction), not as of the replay: the receive time its checks
+    # used, or for older dead letters the rejection's, which followed it within ms (HTTP).
+    received = reason.get("received_at") or reason.get("rejected_at")
+    if received:
+        headers[RECEIVED_AT_HEADER] = str(received)
     return OutgoingRecord(key=record.key or b"", value=record.value, headers=headers)
 
 

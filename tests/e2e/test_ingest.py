@@ -502,10 +502,21 @@ async def test_a_raw_segment_record_is_read_as_of_its_time_in_the_log(
             headers=[("write-key", stack.write_key.encode())],
             timestamp_ms=int(logged.timestamp() * 1000),
         )
+        await producer.send_and_wait(
+            settings.raw_touchpoints_topic,
+            f"{{broken {marker}".encode(),
+            key=b"e2e",
+            headers=[("write-key", stack.write_key.encode())],
+            timestamp_ms=int(logged.timestamp() * 1000),
+        )
     finally:
         await producer.stop()
     stored = await stored_touchpoint(sessions, f"lagged-{marker}")
     assert stored.occurred_at == logged - timedelta(seconds=10)
+    # A refused one keeps that time for its replay, not the (later) time of refusal.
+    [letter] = await dead_letters_matching(environment, stack, sessions, marker, 1)
+    assert letter["error_kind"] == "json_invalid"
+    assert letter["received_at"] == logged.isoformat()
 
 
 async def stored_touchpoint(sessions: SessionFactory, event_id: str) -> StoredTouchpoint:

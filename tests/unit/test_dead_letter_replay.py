@@ -26,9 +26,12 @@ def letter(**reason: Any) -> Record:
         "error_kind": "schema_violation",
         "rejected_by": "ingest",
         "source": "web",
-        "rejected_at": RECEIVED.isoformat(),
+        "received_at": RECEIVED.isoformat(),
+        # A raw record consumed an hour after it was produced: refused then.
+        "rejected_at": (RECEIVED + timedelta(hours=1)).isoformat(),
         **reason,
     }
+    fields = {k: v for k, v in fields.items() if v is not None}
     return Record(
         topic="dlq",
         partition=1,
@@ -50,6 +53,12 @@ def test_a_replayed_record_carries_its_source_and_first_receive_time() -> None:
     }
     raw = Record("raw", 0, 0, None, again.value, again.headers)
     assert received_at_of(raw, now=NOW) == RECEIVED
+
+
+def test_a_dead_letter_of_before_received_at_replays_as_of_its_rejection() -> None:
+    again = dlq.replay_record(letter(received_at=None))
+    assert again is not None
+    assert again.headers[dlq.RECEIVED_AT_HEADER] == (RECEIVED + timedelta(hours=1)).isoformat()
 
 
 @pytest.mark.parametrize(

@@ -99,9 +99,9 @@ def native_candidate(
             check_nul=check_nul,
         )
     except Rejected as rejection:
-        return Candidate(raw=raw, rejection=rejection)
+        return Candidate(raw=raw, rejection=rejection, received_at=received_at)
     except Exception:  # noqa: BLE001 - one event's failure must not sink its batch
-        return Candidate(raw=raw, rejection=_processing_error(source))
+        return Candidate(raw=raw, rejection=_processing_error(source), received_at=received_at)
     return Candidate(raw=raw, touchpoint=touchpoint)
 
 
@@ -213,7 +213,7 @@ async def native_batch(
         check_nul=may_contain_nul(body),
     )
     candidates = [
-        Candidate(raw=event, rejection=outcome)
+        Candidate(raw=event, rejection=outcome, received_at=received_at)
         if isinstance(outcome, Rejected)
         else Candidate(raw=event, touchpoint=outcome)
         for event, outcome in zip(events, validated, strict=True)
@@ -272,12 +272,15 @@ def segment_candidate(
         touchpoint = Touchpoint.accept(mapped.touchpoint, source=source, received_at=received_at)
     except Rejected as rejection:
         return Candidate(
-            raw=_as_sent_alone(message, batch_sent_at, batch_context), rejection=rejection
+            raw=_as_sent_alone(message, batch_sent_at, batch_context),
+            rejection=rejection,
+            received_at=received_at,
         )
     except Exception:  # noqa: BLE001 - one message's failure must not sink its batch
         return Candidate(
             raw=_as_sent_alone(message, batch_sent_at, batch_context),
             rejection=_processing_error(source),
+            received_at=received_at,
         )
     return Candidate(raw=message, touchpoint=touchpoint, previous_id=mapped.previous_id)
 

@@ -165,7 +165,11 @@ class RawIntake:
             payload = parse_json(record.value)
         except Rejected as rejection:
             return "unknown", Candidate(
-                raw=None, rejection=rejection, origin=origin, original=record.value
+                raw=None,
+                rejection=rejection,
+                origin=origin,
+                original=record.value,
+                received_at=received_at,
             )
         sender = await self._sender(record, payload)
         if sender is None:
@@ -173,6 +177,7 @@ class RawIntake:
                 raw=payload,
                 original=record.value,
                 origin=origin,
+                received_at=received_at,
                 rejection=Rejected(
                     ErrorKind.UNKNOWN_WRITE_KEY,
                     "write-key",
@@ -200,4 +205,5 @@ class RawIntake:
             )
         candidate.origin = origin
         candidate.original = record.value  # dead letters keep the bytes as produced
+        candidate.received_at = received_at
         return sender.name, candidate
