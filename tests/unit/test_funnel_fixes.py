@@ -456,15 +456,31 @@ def test_b2b_a_visit_does_not_undo_an_exit(exit_type: str, visit: str) -> None:
     assert moves(results[-1:]) == []
 
 
-@pytest.mark.parametrize("exit_type", ["deal_lost", "churned"])
-@pytest.mark.parametrize("visits", [["page_view"], ["ad_click"], ["page_view", "page_view"]])
-def test_loyalty_a_visit_does_not_undo_an_exit(exit_type: str, visits: list[str]) -> None:
+PRICING = {"page_url": "https://example.com/pricing"}
+
+
+@pytest.mark.parametrize(
+    ("exit_type", "exit_stage"), [("deal_lost", "Lost"), ("churned", "Churned")]
+)
+@pytest.mark.parametrize(
+    "visits",
+    [
+        [("page_view", {})],
+        [("ad_click", {})],
+        [("page_view", {}), ("page_view", {})],
+        [("page_view", PRICING)],
+        [("page_view", {"page_url": "https://example.com/customers/acme"})],
+    ],
+)
+def test_loyalty_a_visit_does_not_undo_an_exit(
+    exit_type: str, exit_stage: str, visits: list[tuple[str, dict[str, str]]]
+) -> None:
     loyalty = load_presets()["six-stage-loyalty"]
     before = [ev("page_view"), ev("purchase", 1), ev(exit_type, 2)]
-    after = [ev(visit, 3 + i / 10) for i, visit in enumerate(visits)]
+    after = [ev(visit, 3 + i / 10, properties=page) for i, (visit, page) in enumerate(visits)]
     results = fold(loyalty, [*before, *after])
-    assert results[2].state.stage in ("Lost", "Churned")
-    assert results[-1].state.stage == results[2].state.stage
+    assert results[2].state.stage == exit_stage
+    assert results[-1].state.stage == exit_stage
     assert moves(results[3:]) == []
     # A real buying signal still brings the lead back.
     back = fold(loyalty, [*before, ev("demo_requested", 4)])
@@ -473,8 +489,10 @@ def test_loyalty_a_visit_does_not_undo_an_exit(exit_type: str, visits: list[str]
 
 def test_loyalty_visits_still_bring_a_new_lead_in_and_along() -> None:
     loyalty = load_presets()["six-stage-loyalty"]
-    results = fold(loyalty, [ev("page_view"), ev("page_view", 1)])
-    assert [r.state.stage for r in results] == ["Awareness", "Interest"]
+    results = fold(
+        loyalty, [ev("page_view"), ev("page_view", 1), ev("page_view", 2, properties=PRICING)]
+    )
+    assert [r.state.stage for r in results] == ["Awareness", "Interest", "Evaluation"]
 
 
 # -- 6. b2b-six-stage: a high-fit demo request is sales-ready on its first event ---------------
