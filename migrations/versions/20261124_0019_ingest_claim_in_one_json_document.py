@@ -13,17 +13,18 @@ Two changes to migration 0018's function, both found by profiling batched intake
   500 x 250 rows (12 of the call's 18 ms, found with auto_explain). The anti-join now
   probes the ``identities`` primary key; both read the statement's one snapshot, so
   the rows are the same.
-- Its eight text arrays cost the ingest process about 7 us per event to encode, and
-  its result rows as much to decode (asyncpg checks every array element against
-  collections.abc in Python). It now takes one jsonb document and returns one, which
-  ingest reads and writes with orjson.
+- asyncpg encoded its eight text arrays and decoded its result rows element by
+  element in Python (an abc isinstance check per array element). It now takes one
+  jsonb document and returns one, which ingest reads and writes with orjson: the
+  call's share of ingest's CPU fell from 6.2-7.7 to 3.1-3.3 us per event.
 
-The statements, their order and their locks are otherwise those of 0018.
+The statements, their order and their locks are otherwise those of 0018. The new
+function is an overload (jsonb instead of eight arrays): 0018's stays, so that ingest
+processes of before this migration keep working during a rolling upgrade. A later
+migration drops it once no such process can run.
 """
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
 from alembic import op
 
@@ -31,8 +32,6 @@ revision: str = "0019"
 down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-_PREVIOUS_SIGNATURE = "(text[], text[], text[], text[], text[], text[], text[], text[])"
 
 # The argument: {"claims": [[source, event_id], ...] (sorted, distinct), "locks": the
 # identifier lock names (as ``identity.lock_names`` builds them), "events": one
@@ -120,17 +119,8 @@ $function$
 
 
 def upgrade() -> None:
-    op.execute(f"DROP FUNCTION ingest_claim_single_identifiers{_PREVIOUS_SIGNATURE}")
     op.execute(UPGRADE)
 
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION ingest_claim_single_identifiers(jsonb)")
-    # 0018's own definition, read from its file rather than copied here.
-    path = Path(__file__).with_name("20261123_0018_ingest_single_identifier_function.py")
-    spec = importlib.util.spec_from_file_location("migration_0018", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    previous = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(previous)
-    op.execute(previous.UPGRADE)
