@@ -519,6 +519,49 @@ async def test_a_raw_segment_record_is_read_as_of_its_time_in_the_log(
     assert letter["received_at"] == logged.isoformat()
 
 
+@pytest.mark.parametrize("stack", ["kafka"], indirect=True)
+async def test_dlq_replay_sends_a_refused_event_back_through_ingest_after_a_fix(
+    stack: Stack, environment: Environment, sessions: SessionFactory
+) -> None:
+    marker = tag()
+    # Refused: more fields than the limit (200).
+    event = {
+        "event_id": f"wide-{marker}",
+        "type": "page_view",
+        "lead_id": f"wide-{marker}",
+        "occurred_at": AT,
+        "properties": {f"p{i}": i for i in range(250)},
+    }
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{stack.ingest.url}/v1/events", headers=stack.write_headers, json=event
+        )
+    assert response.status_code == 422, response.text
+    [letter] = await dead_letters_matching(environment, stack, sessions, f"wide-{marker}", 1)
+    assert letter["error_kind"] == "limit_exceeded"
+    # The fix: an ingest whose limit allows the event, reading the raw topic in a group
+    # of its own (the stack's ingest refuses the replayed record again, as it should).
+    fixed = start_service(
+        "ingest",
+        {
+            **stack.env,
+            "LEADSTAGE_MAX_PROPERTIES": "1000",
+            "LEADSTAGE_RAW_INTAKE_GROUP": f"replay-{marker}",
+        },
+        f"replay-{marker}",
+    )
+    try:
+        output = await asyncio.to_thread(
+            leadstage_cli, "dlq", "replay", "--kind", "limit_exceeded", env=stack.env
+        )
+        assert output.startswith("replayed "), output
+        stored = await stored_touchpoint(sessions, f"wide-{marker}")
+    finally:
+        fixed.stop()
+    assert stored.source == "e2e"
+    assert stored.occurred_at == datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
 async def stored_touchpoint(sessions: SessionFactory, event_id: str) -> StoredTouchpoint:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
