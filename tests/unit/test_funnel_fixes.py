@@ -5,11 +5,10 @@ and preset rules (aida, b2b-six-stage) that put leads where they should not be."
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +27,22 @@ from leadstage.funnels import (
 )
 from leadstage.settings import EngineSettings
 from leadstage_engine.reload import LiveFunnels
-
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-_ids = itertools.count(1)
+from tests.unit.test_funnels import T0, Fold
+from tests.unit.test_funnels import ev as funnel_event
+from tests.unit.test_funnels import fold as fold_events
 
 
 def ev(type_: str, day: float = 0, **fields: Any) -> EventView:
-    return EventView("web", f"e{next(_ids)}", type_, T0 + timedelta(days=day), **fields)
+    return funnel_event(type_, timedelta(days=day), **fields)
 
 
 def fold(funnel: Funnel, events: Sequence[EventView]) -> list[StepResult]:
-    state, results = LeadState(), []
-    for i, event in enumerate(events):
-        start = event.occurred_at - funnel.history_window
-        result = funnel.step(state, event, [e for e in events[:i] if e.occurred_at >= start])
-        results.append(result)
-        state = result.state
-    return results
+    """Each event's step, as the engine folds them (``test_funnels.fold``)."""
+    return fold_events(funnel, events).results
 
 
 def moves(results: Sequence[StepResult]) -> list[tuple[str | None, str | None, str | None, str]]:
-    return [
-        (c.from_stage, c.to_stage, c.transition, c.rule)
-        for result in results
-        for c in result.changes
-        if c.kind == "stage"
-    ]
+    return Fold(LeadState(), list(results)).moves
 
 
 # -- 1. every error loading a file is a FunnelDefinitionError naming the file -----------------
