@@ -98,11 +98,13 @@ def native_candidate(
             size_known_below=size_known_below,
             check_nul=check_nul,
         )
-    except Rejected as rejection:
-        return Candidate(raw=raw, rejection=rejection, received_at=received_at)
+    except Rejected as error:
+        rejection = error
     except Exception:  # noqa: BLE001 - one event's failure must not sink its batch
-        return Candidate(raw=raw, rejection=_processing_error(source), received_at=received_at)
-    return Candidate(raw=raw, touchpoint=touchpoint)
+        rejection = _processing_error(source)
+    else:
+        return Candidate(raw=raw, touchpoint=touchpoint)
+    return Candidate(raw=raw, rejection=rejection, received_at=received_at)
 
 
 def _processing_error(source: str) -> Rejected:
@@ -270,19 +272,17 @@ def segment_candidate(
             raise Rejected(ErrorKind.SCHEMA_VIOLATION, error.field, error.reason) from error
         check_time(mapped.touchpoint.occurred_at, received_at=received_at, limits=limits)
         touchpoint = Touchpoint.accept(mapped.touchpoint, source=source, received_at=received_at)
-    except Rejected as rejection:
-        return Candidate(
-            raw=_as_sent_alone(message, batch_sent_at, batch_context),
-            rejection=rejection,
-            received_at=received_at,
-        )
+    except Rejected as error:
+        rejection = error
     except Exception:  # noqa: BLE001 - one message's failure must not sink its batch
-        return Candidate(
-            raw=_as_sent_alone(message, batch_sent_at, batch_context),
-            rejection=_processing_error(source),
-            received_at=received_at,
-        )
-    return Candidate(raw=message, touchpoint=touchpoint, previous_id=mapped.previous_id)
+        rejection = _processing_error(source)
+    else:
+        return Candidate(raw=message, touchpoint=touchpoint, previous_id=mapped.previous_id)
+    return Candidate(
+        raw=_as_sent_alone(message, batch_sent_at, batch_context),
+        rejection=rejection,
+        received_at=received_at,
+    )
 
 
 def _as_sent_alone(
