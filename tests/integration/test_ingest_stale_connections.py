@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
@@ -50,9 +51,11 @@ async def running_intake(settings: IngestSettings, engine: AsyncEngine) -> Async
     publisher = create_publisher(settings, sessions)
     await publisher.start()
     dead_letters = DeadLetters(publisher, settings.dead_letter_topic)
+    intake = Intake(settings, sessions, publisher, dead_letters, database=engine)
     try:
-        yield Intake(settings, sessions, publisher, dead_letters, database=engine)
+        yield intake
     finally:
+        await intake.stop()  # gives back the connections it holds between groups
         await publisher.stop()
         await engine.dispose()
 
@@ -143,18 +146,59 @@ async def test_connections_closed_by_the_server_are_replaced_at_checkout(
     assert await accept(ingest, by_email) == "duplicate"
 
 
-async def test_a_group_whose_connection_broke_runs_again_on_a_fresh_one(
+async def test_a_session_group_whose_connection_broke_runs_again_on_a_fresh_one(
     ingest_without_checkout_check: Ingest, database: AsyncEngine
 ) -> None:
     ingest = ingest_without_checkout_check
-    for event in events(secrets.token_hex(4)):
-        assert await accept(ingest, event) == "accepted"
-        assert await terminate_backends(database, ingest.application_name) >= 1
-        lost_before = lost_connections()
+    _, event = events(secrets.token_hex(4))  # an email: the ORM session's path
+    assert await accept(ingest, event) == "accepted"
+    assert await terminate_backends(database, ingest.application_name) >= 1
+    lost_before = lost_connections()
 
-        retried = {**event, "event_id": f"{event['event_id']}-after"}
-        assert await accept(ingest, retried) == "accepted"
+    retried = {**event, "event_id": f"{event['event_id']}-after"}
+    assert await accept(ingest, retried) == "accepted"
 
-        assert lost_connections() == lost_before + 1
-        assert await claimed(database, [str(retried["event_id"])]) == 1
-        assert await accept(ingest, retried) == "duplicate"
+    assert lost_connections() == lost_before + 1
+    assert await claimed(database, [str(retried["event_id"])]) == 1
+    assert await accept(ingest, retried) == "duplicate"
+
+
+async def test_a_raw_connection_group_whose_connection_broke_runs_again_on_a_fresh_one(
+    ingest: Ingest, database: AsyncEngine, environment: Environment
+) -> None:
+    """The raw asyncpg path's connection breaks in the middle of a group: the server ends
+    its backend while the claim function waits for a lead's identity lock."""
+    event, _ = events(secrets.token_hex(4))
+    lock_name = f"lead_id\x1f{event['lead_id']}"
+    lost_before = lost_connections()
+    blocker = await asyncpg.connect(environment.database_url.replace("+asyncpg", ""))
+    try:
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock_name)
+        accepting = asyncio.create_task(accept(ingest, event))
+        waiting = await backend_blocked_by(blocker)
+        assert await blocker.fetchval("SELECT pg_terminate_backend($1)", waiting)
+        await holding.rollback()
+        assert await asyncio.wait_for(accepting, timeout=30) == "accepted"
+    finally:
+        await blocker.close()
+
+    assert lost_connections() == lost_before + 1
+    assert await claimed(database, [str(event["event_id"])]) == 1
+    assert await accept(ingest, event) == "duplicate"
+
+
+async def backend_blocked_by(blocker: asyncpg.Connection) -> int:
+    """The pid of the backend that waits for a lock ``blocker``'s transaction holds."""
+    async with asyncio.timeout(30):
+        while True:
+            # Activity is read once per transaction unless its snapshot is cleared.
+            await blocker.execute("SELECT pg_stat_clear_snapshot()")
+            pid = await blocker.fetchval(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            )
+            if pid is not None:
+                return int(pid)
+            await asyncio.sleep(0.05)

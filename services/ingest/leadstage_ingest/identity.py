@@ -58,6 +58,8 @@ class Driver(Protocol):
 
     def is_closed(self) -> bool: ...
 
+    def is_in_transaction(self) -> bool: ...
+
 
 def is_provisional(lead_id: str) -> bool:
     return lead_id.startswith(PROVISIONAL_PREFIXES)

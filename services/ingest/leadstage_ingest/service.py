@@ -33,7 +33,7 @@ import orjson
 from fastapi import status
 from sqlalchemy import delete, text
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from leadstage import dlq
 from leadstage.credentials import CachedLookup, Source, find_write_key
@@ -308,7 +308,7 @@ class GroupCommit:
         if not self._tasks:  # not started (e.g. a unit test): accept directly
             return await self._accept(valid, None)
         done: asyncio.Future[dict[int, EventOutcome]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Submission(valid, done))
+        self._queue.put_nowait(_Submission(valid, done))  # unbounded: Intake bounds in-flight
         return await done
 
     async def _run(self) -> None:
@@ -373,6 +373,8 @@ class Intake:
         self._settings = settings
         self._sessions = sessions
         self._database = database  # the sessions' pool, for the raw asyncpg path
+        # Raw connections between two groups of the raw asyncpg path (see _held_driver).
+        self._idle_drivers: list[tuple[AsyncConnection, Driver]] = []
         self._publisher = publisher
         self.dead_letters = dead_letters
         self.limits = limits_from(settings)
@@ -381,6 +383,8 @@ class Intake:
         # once instead of the process queueing without limit.
         self._capacity = settings.max_in_flight
         self._in_flight = 0
+        # Read when /metrics is scraped, not set twice per request.
+        metrics.IN_FLIGHT.set_function(lambda: self._in_flight)
         self._group_commit = GroupCommit(
             self._accept_valid,
             workers=settings.group_commit_workers,
@@ -393,6 +397,9 @@ class Intake:
 
     async def stop(self) -> None:
         await self._group_commit.stop()
+        idle, self._idle_drivers = self._idle_drivers, []
+        for connection, _ in idle:
+            await connection.close()
 
     def _unavailable(self, message: str) -> ApiError:
         return ApiError(
@@ -434,18 +441,19 @@ class Intake:
             if self._in_flight + len(valid) > self._capacity:
                 raise self._unavailable("Too many events in flight; retry later.")
             self._in_flight += len(valid)
-            metrics.IN_FLIGHT.set(self._in_flight)
             try:
                 accepted = await self._group_commit.submit(valid)
             finally:
                 self._in_flight -= len(valid)
-                metrics.IN_FLIGHT.set(self._in_flight)
             for i, outcome in accepted.items():
                 outcomes[i] = outcome
 
         final = [o for o in outcomes if o is not None]
-        for status_name, count in Counter(o.status for o in final).items():
-            metrics.EVENTS.labels(source, intake, status_name).inc(count)
+        if len(final) == 1:  # a single event: no tally
+            metrics.EVENTS.labels(source, intake, final[0].status).inc()
+        else:
+            for status_name, count in Counter(o.status for o in final).items():
+                metrics.EVENTS.labels(source, intake, status_name).inc(count)
         return final
 
     async def _accept_valid(
@@ -519,36 +527,68 @@ class Intake:
         statement was a round trip). Same claims, same locks (in the same order) and the
         same resolution as the session path, so both serialise with each other and with
         other processes."""
-        async with self._database.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver: Driver | None = raw.driver_connection
-            assert driver is not None  # noqa: S101 - a checked-out connection is open
-            try:
-                async with driver.transaction():
-                    fresh_ids, leads = await claim_and_resolve_single(
-                        driver, [tp for _, _, tp in valid]
-                    )
-                    fresh, outcomes = _split_fresh(valid, fresh_ids)
-                    if not fresh:
-                        return outcomes
-                    resolved = [_resolved(tp, leads[tp.event_id], tp.account) for _, _, tp in fresh]
-                    await self._produce(fresh, resolved, outcomes, progress)
-                    if progress.deliver is not None:
-                        # Answer now: the events are durable in the event log. The
-                        # commit only keeps this group's claims and new identities, and
-                        # a PostgreSQL crash could lose those after the commit as well
-                        # (synchronous_commit is off), with the same consequences; see
-                        # "Durability" in docs/architecture.md. Waiting for the commit
-                        # made groups smaller and every request slower.
-                        progress.deliver(outcomes)
+        connection, driver = await self._held_driver()
+        try:
+            async with driver.transaction():
+                fresh_ids, leads = await claim_and_resolve_single(
+                    driver, [tp for _, _, tp in valid]
+                )
+                fresh, outcomes = _split_fresh(valid, fresh_ids)
+                if not fresh:
                     return outcomes
-            except Exception as error:
-                if not driver.is_closed():
-                    raise
-                # Errors on the raw connection bypass SQLAlchemy, which would otherwise
-                # put the dead connection back in the pool: discard it here.
-                await connection.invalidate()
-                raise ConnectionLostError(repr(error)) from error
+                resolved = [_resolved(tp, leads[tp.event_id], tp.account) for _, _, tp in fresh]
+                await self._produce(fresh, resolved, outcomes, progress)
+                if progress.deliver is not None:
+                    # Answer now: the events are durable in the event log. The
+                    # commit only keeps this group's claims and new identities, and
+                    # a PostgreSQL crash could lose those after the commit as well
+                    # (synchronous_commit is off), with the same consequences; see
+                    # "Durability" in docs/architecture.md. Waiting for the commit
+                    # made groups smaller and every request slower.
+                    progress.deliver(outcomes)
+                return outcomes
+        except Exception as error:
+            if not driver.is_closed():
+                raise
+            # Errors on the raw connection bypass SQLAlchemy, which would otherwise
+            # put the dead connection back in the pool: discard it here.
+            await connection.invalidate()
+            raise ConnectionLostError(repr(error)) from error
+        finally:
+            await self._release_driver(connection, driver)
+
+    async def _held_driver(self) -> tuple[AsyncConnection, Driver]:
+        """A raw connection for one group: one a previous group left, else one from the
+        pool. Workers keep their connections between groups: a checkout and checkin
+        through SQLAlchemy cost 110-150 us of CPU per group, about as much as its own
+        BEGIN, call and COMMIT (bench/ingest_connection.py). One the server closed
+        meanwhile is dropped here, as the pool's checkout check
+        (``refuse_closed_connections``) would drop it."""
+        while self._idle_drivers:
+            connection, driver = self._idle_drivers.pop()
+            if not driver.is_closed():
+                return connection, driver
+            await connection.invalidate()
+            await connection.close()
+        connection = await self._database.connect()
+        try:
+            raw = await connection.get_raw_connection()
+            fresh: Driver | None = raw.driver_connection
+            assert fresh is not None  # noqa: S101 - a checked-out connection is open
+        except BaseException:
+            await connection.close()
+            raise
+        return connection, fresh
+
+    async def _release_driver(self, connection: AsyncConnection, driver: Driver) -> None:
+        """Keep a connection left clean for the next group; give any other back."""
+        if connection.invalidated:
+            await connection.close()
+        elif driver.is_closed() or driver.is_in_transaction():
+            # Interrupted mid-transaction (a cancelled stop): the pool rolls it back.
+            await connection.close()
+        else:
+            self._idle_drivers.append((connection, driver))
 
     async def _produce(
         self,
