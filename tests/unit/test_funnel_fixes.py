@@ -499,3 +499,23 @@ def test_b2b_a_high_fit_first_request_for_sales_is_sales_ready(cta: str) -> None
     assert low_fit.state.sales_ready is False
     # High fit alone, without asking for sales, is not enough.
     assert b2b.step(LeadState(), ev("page_view", account=HIGH_FIT), []).state.sales_ready is False
+
+
+@pytest.mark.parametrize(
+    "then", ["{move_to: null}", "{sales_ready: null}", "{exit: null, score: {}}", "{}"]
+)
+def test_a_rule_whose_effects_are_all_null_is_refused(then: str) -> None:
+    err = definition_error(NUMBERS.replace("then: {score: {eng: 5}}", f"then: {then}"), "n.yaml")
+    assert (err.file, err.line, err.field) == ("n.yaml", 23, "rules.0.then"), str(err)
+    assert "needs at least one of" in err.message, str(err)
+
+
+def test_a_stored_version_with_a_rule_of_null_effects_still_parses() -> None:
+    """Registered before the check: the registry's text is parsed again at every start,
+    and an engine or API that refused it could not start."""
+    text = NUMBERS.replace("then: {score: {eng: 5}}", "then: {move_to: null}")
+    funnel = parse_funnel(text, "funnel_versions:numbers@1", stored=True)
+    assert funnel.name == "numbers"
+    # An empty `then` was refused before the check too, stored or not.
+    err = definition_error(NUMBERS.replace("then: {score: {eng: 5}}", "then: {}"), "n.yaml")
+    assert "needs at least one of" in err.message, str(err)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from leadstage.funnels._engine import Funnel, FunnelSource
 from leadstage.funnels._model import FunnelDefinitionError
-from leadstage.funnels._spec import FunnelSpec, check_references
+from leadstage.funnels._spec import LOADING, FunnelSpec, check_references
 
 Loc = tuple[str | int, ...]
 PRESETS_PACKAGE = "leadstage.funnels"
@@ -114,15 +114,16 @@ def _line(lines: dict[Loc, int], path: Loc) -> int:
     return 1
 
 
-def parse_funnel(text: str, file: str = "<string>") -> Funnel:
+def parse_funnel(text: str, file: str = "<string>", *, stored: bool = False) -> Funnel:
     """One funnel from the text of a definition file.
 
     Raises :class:`FunnelDefinitionError` naming ``file`` (and the line when known) for
     whatever is wrong with the text: callers (engine start, SIGHUP reload, replay) rely
-    on that one error type.
+    on that one error type. ``stored``: the text of a version registered already, which
+    is parsed as it was registered, without the checks added since (see ``LOADING``).
     """
     try:
-        return _parse(text, file)
+        return _parse(text, file, stored=stored)
     except FunnelDefinitionError:
         raise
     except yaml.MarkedYAMLError as err:
@@ -141,7 +142,7 @@ def parse_funnel(text: str, file: str = "<string>") -> Funnel:
         ) from err
 
 
-def _parse(text: str, file: str) -> Funnel:
+def _parse(text: str, file: str, *, stored: bool) -> Funnel:
     node = yaml.compose(text, Loader=_Loader)
     if node is None:
         raise FunnelDefinitionError(file, 1, "(top level)", "the file is empty")
@@ -152,7 +153,7 @@ def _parse(text: str, file: str) -> Funnel:
     finally:
         loader.dispose()
     try:
-        spec = FunnelSpec.model_validate(data)
+        spec = FunnelSpec.model_validate(data, context=None if stored else LOADING)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         loc: Loc = tuple(part for part in first["loc"] if part != "[key]")

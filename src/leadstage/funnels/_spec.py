@@ -23,6 +23,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,6 +40,16 @@ _CHANNELS = frozenset(c.value for c in Channel)
 
 Path = tuple[str | int, ...]
 Scalar = str | int | float | bool
+
+
+#: Validation context of a definition being loaded (a file, a preset). Checks added
+#: after definitions were first stored apply only then: ``funnel_versions`` keeps the
+#: text of every registered version, and it is parsed again at every start.
+LOADING = {"loading": True}
+
+
+def loading(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("loading"))
 
 
 class MalformedValueError(Exception):
@@ -337,11 +348,17 @@ class Then(_Model):
     sales_ready: StrictBool | None = None
 
     @model_validator(mode="after")
-    def _one_move(self) -> Then:
+    def _one_move(self, info: ValidationInfo) -> Then:
         if self.move_to is not None and self.exit is not None:
             raise ValueError("a rule may either move_to a stage or exit, not both")
         if not self.model_fields_set or (self.model_fields_set == {"score"} and not self.score):
             raise ValueError("needs at least one of move_to, exit, score, sales_ready")
+        # By value: `move_to: null` (or `sales_ready: null`) alone is a rule that matches
+        # and does nothing, most likely a typo. Only in a definition being loaded: a
+        # version already stored may have it, and must still parse (see LOADING).
+        effects = (self.move_to, self.exit, self.sales_ready)
+        if loading(info) and effects == (None, None, None) and not self.score:
+            raise ValueError("needs at least one of move_to, exit, score, sales_ready (not null)")
         return self
 
 

@@ -19,7 +19,7 @@ from leadstage.funnels import Funnel, parse_funnel
 
 def from_registry(row: FunnelVersion) -> Funnel:
     """The funnel a registry row describes, parsed from the text it was registered with."""
-    return parse_funnel(row.definition, f"funnel_versions:{row.funnel}@{row.version}")
+    return parse_funnel(row.definition, f"funnel_versions:{row.funnel}@{row.version}", stored=True)
 
 
 async def active_funnels(
