@@ -26,6 +26,7 @@ from leadstage_ingest.database import create_ingest_engine
 from leadstage_ingest.intake import native_candidate
 from leadstage_ingest.service import DeadLetters, Intake
 from tests.conftest import Environment
+from tests.integration.blocking import backend_blocked_by
 
 SOURCE = "stale-tests"
 
@@ -187,18 +188,3 @@ async def test_a_raw_connection_group_whose_connection_broke_runs_again_on_a_fre
     assert lost_connections() == lost_before + 1
     assert await claimed(database, [str(event["event_id"])]) == 1
     assert await accept(ingest, event) == "duplicate"
-
-
-async def backend_blocked_by(blocker: asyncpg.Connection) -> int:
-    """The pid of the backend that waits for a lock ``blocker``'s transaction holds."""
-    async with asyncio.timeout(30):
-        while True:
-            # Activity is read once per transaction unless its snapshot is cleared.
-            await blocker.execute("SELECT pg_stat_clear_snapshot()")
-            pid = await blocker.fetchval(
-                "SELECT pid FROM pg_stat_activity"
-                " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
-            )
-            if pid is not None:
-                return int(pid)
-            await asyncio.sleep(0.05)

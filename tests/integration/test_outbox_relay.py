@@ -19,6 +19,7 @@ from leadstage.db.session import SessionFactory, unit_of_work
 from leadstage.transport.kafka import KafkaPublisher, ensure_topics
 from leadstage_engine.outbox import relay_forever
 from tests.conftest import Environment
+from tests.integration.blocking import backend_blocked_by
 
 CHANGES = 20
 
@@ -43,21 +44,6 @@ async def published_change_ids(bootstrap: str, topic: str, expected: int) -> set
     finally:
         await consumer.stop()
     return seen
-
-
-async def backend_blocked_by(blocker: asyncpg.Connection) -> int:
-    """The pid of the backend that waits for a lock ``blocker``'s transaction holds."""
-    async with asyncio.timeout(30):
-        while True:
-            pid = await blocker.fetchval(
-                # Waiting on this connection's lock (the relay's read of the table,
-                # while its statement is still being parsed).
-                "SELECT pid FROM pg_stat_activity"
-                " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
-            )
-            if pid is not None:
-                return int(pid)
-            await asyncio.sleep(0.05)
 
 
 async def test_the_relay_publishes_every_change_after_its_connection_was_lost(

@@ -20,7 +20,7 @@ from leadstage.transport.base import OutgoingRecord
 from leadstage.transport.kafka import KafkaPublisher, KafkaRecordSource, ensure_topics
 from leadstage_engine.webhooks import WebhookDispatcher
 from tests.conftest import Environment, Receiver
-from tests.integration.test_outbox_relay import backend_blocked_by
+from tests.integration.blocking import backend_blocked_by
 
 
 async def delivered(receiver: Receiver, change_id: str, times: int) -> int:
