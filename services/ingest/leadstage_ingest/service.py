@@ -449,11 +449,8 @@ class Intake:
                 outcomes[i] = outcome
 
         final = [o for o in outcomes if o is not None]
-        if len(final) == 1:  # a single event: no tally
-            metrics.EVENTS.labels(source, intake, final[0].status).inc()
-        else:
-            for status_name, count in Counter(o.status for o in final).items():
-                metrics.EVENTS.labels(source, intake, status_name).inc(count)
+        for status_name, count in Counter(o.status for o in final).items():
+            metrics.EVENTS.labels(source, intake, status_name).inc(count)
         return final
 
     async def _accept_valid(
@@ -582,10 +579,9 @@ class Intake:
 
     async def _release_driver(self, connection: AsyncConnection, driver: Driver) -> None:
         """Keep a connection left clean for the next group; give any other back."""
-        if connection.invalidated:
-            await connection.close()
-        elif driver.is_closed() or driver.is_in_transaction():
-            # Interrupted mid-transaction (a cancelled stop): the pool rolls it back.
+        if connection.invalidated or driver.is_closed() or driver.is_in_transaction():
+            # Broken, or interrupted mid-transaction (a cancelled stop): the pool
+            # discards the one and rolls the other back.
             await connection.close()
         else:
             self._idle_drivers.append((connection, driver))
